@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from gateway._version import __version__
 
 # Modules that contribute subcommands. Each exposes ``register(subparsers)``.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "gateway.cli._start",
-)
+_COMMAND_MODULES: tuple[str, ...] = ("gateway.cli._start",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # ``python -m gateway --role data_plane`` (no subcommand) means "start".
-    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version"):
+    bare_flags = args_list and args_list[0].startswith("-")
+    if not args_list or (bare_flags and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "start")
     args = parser.parse_args(args_list)
     func = getattr(args, "func", None)
