@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Placeholder until the `check` command lands."""
