@@ -1,0 +1,29 @@
+"""The plugin API and registry."""
+
+from gateway.plugins._api import (
+    ClientRequest,
+    Context,
+    EntityIndex,
+    ExitResponse,
+    Headers,
+    Plugin,
+    Response,
+    ServiceRequest,
+    overrides,
+)
+from gateway.plugins._registry import available_plugins, get_plugin, plugin_versions
+
+__all__ = [
+    "ClientRequest",
+    "Context",
+    "EntityIndex",
+    "ExitResponse",
+    "Headers",
+    "Plugin",
+    "Response",
+    "ServiceRequest",
+    "available_plugins",
+    "get_plugin",
+    "overrides",
+    "plugin_versions",
+]
