@@ -1,0 +1,14 @@
+"""The Kong-compatible Admin API."""
+
+from gateway.admin._app import AdminApp, AdminRequest, AdminResponse
+from gateway.admin._meta import NodeView, install_meta_routes
+from gateway.admin._server import serve_http
+
+__all__ = [
+    "AdminApp",
+    "AdminRequest",
+    "AdminResponse",
+    "NodeView",
+    "install_meta_routes",
+    "serve_http",
+]

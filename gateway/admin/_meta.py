@@ -1,0 +1,220 @@
+"""Admin API endpoints that are not entity CRUD: node info, status, schemas, plugins,
+declarative export, tags, upstream health, and the clustering views."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from gateway._version import __version__
+from gateway.admin._app import AdminApp, AdminRequest, AdminResponse
+from gateway.plugins import available_plugins
+from gateway.schema import EntitySchema
+
+CP_ONLY = (
+    "this endpoint is only available when the node is configured to run as a control plane "
+    "for the cluster (role = control_plane)"
+)
+
+
+class NodeView(Protocol):
+    """What the meta endpoints read from the running node."""
+
+    node_id: str
+    role: str
+
+    def configuration(self) -> dict[str, Any]:
+        """Settings with secrets redacted."""
+        ...
+
+    async def database_reachable(self) -> bool: ...
+
+    def config_state(self) -> dict[str, Any]:
+        """``{"version": int | None, "hash": str | None}`` of the configuration in force."""
+        ...
+
+    def server_stats(self) -> dict[str, Any]: ...
+
+    async def export_config(self) -> dict[str, Any]: ...
+
+    def upstream_health(self, upstream: Mapping[str, Any]) -> list[dict[str, Any]] | None: ...
+
+    def set_target_health(
+        self, upstream: Mapping[str, Any], target: Mapping[str, Any], healthy: bool
+    ) -> bool: ...
+
+    async def data_planes(
+        self, *, size: int, offset: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+
+Handler = Callable[[AdminRequest, "re.Match[str]"], Awaitable[AdminResponse]]
+
+
+def install_meta_routes(app: AdminApp, node: NodeView) -> None:
+    schemas = app.schemas
+
+    async def root(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        plugins = available_plugins()
+        return AdminResponse.json(
+            200,
+            {
+                "tagline": "Welcome to trio-gateway",
+                "version": __version__,
+                "hostname": socket.gethostname(),
+                "node_id": node.node_id,
+                "role": node.role,
+                "configuration": node.configuration(),
+                "plugins": {
+                    "available_on_server": {
+                        name: {"version": cls.version, "priority": cls.priority}
+                        for name, cls in sorted(plugins.items())
+                    },
+                },
+            },
+        )
+
+    async def status(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        reachable = await node.database_reachable()
+        state = node.config_state()
+        return AdminResponse.json(
+            200,
+            {
+                "database": {"reachable": reachable},
+                "server": node.server_stats(),
+                "configuration_hash": state.get("hash"),
+                "configuration_version": state.get("version"),
+            },
+        )
+
+    async def endpoints(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        paths = sorted({"/" + r.pattern.pattern.strip("^$/?") for r in app._routes})
+        return AdminResponse.json(200, {"data": paths})
+
+    async def schema_entity(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        schema = _schema_by_name(schemas, m.group("name"))
+        if schema is None:
+            return AdminResponse.message(404, f"No entity named '{m.group('name')}'")
+        return AdminResponse.json(200, schema.describe())
+
+    async def schema_validate(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        schema = _schema_by_name(schemas, m.group("name"))
+        if schema is None:
+            return AdminResponse.message(404, f"No entity named '{m.group('name')}'")
+        data = await app._body(schema, request)
+        schema.validate_insert(data, now=0)
+        return AdminResponse.message(200, "schema validation successful")
+
+    async def plugin_schema(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        cls = available_plugins().get(m.group("name"))
+        if cls is None:
+            return AdminResponse.message(404, f"No plugin named '{m.group('name')}'")
+        described = cls.config_schema.describe()
+        return AdminResponse.json(
+            200,
+            {
+                "fields": [
+                    {"protocols": {"type": "set", "default": list(cls.protocols)}},
+                    {"config": described},
+                ],
+                "version": cls.version,
+                "priority": cls.priority,
+            },
+        )
+
+    async def plugins_enabled(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        return AdminResponse.json(200, {"enabled_plugins": sorted(available_plugins())})
+
+    async def config_export(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        doc = await node.export_config()
+        if request.query_value("format") == "json":
+            return AdminResponse.json(200, doc)
+        import yaml
+
+        return AdminResponse.json(200, {"config": yaml.safe_dump(doc, sort_keys=False)})
+
+    async def upstream_health(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        upstream = await app.find(schemas["upstreams"], m.group("key"))
+        if upstream is None:
+            return AdminResponse.message(404, "Not found")
+        data = node.upstream_health(upstream)
+        if data is None:
+            return AdminResponse.message(
+                400, "upstream health is only known on nodes that proxy (not on a control plane)"
+            )
+        return AdminResponse.json(200, {"data": data, "next": None, "node_id": node.node_id})
+
+    def target_health(healthy: bool) -> Handler:
+        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+            upstream = await app.find(schemas["upstreams"], m.group("key"))
+            if upstream is None:
+                return AdminResponse.message(404, "Not found")
+            target = await app._find_target(upstream["id"], m.group("target"))
+            if target is None:
+                target = await app.find(schemas["targets"], m.group("target"))
+            if target is None:
+                return AdminResponse.message(404, "Not found")
+            if not node.set_target_health(upstream, target, healthy):
+                return AdminResponse.message(
+                    400, "target health can only be set on nodes that proxy"
+                )
+            return AdminResponse(status=204)
+
+        return handler
+
+    async def data_planes(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        if node.role != "control_plane":
+            return AdminResponse.message(400, CP_ONLY)
+        size, offset, _, _ = app._page_args(request)
+        rows, nxt = await node.data_planes(size=size, offset=offset)
+        payload: dict[str, Any] = {"data": rows, "next": None}
+        if nxt is not None:
+            payload["next"] = f"/clustering/data-planes?offset={nxt}"
+            payload["offset"] = nxt
+        return AdminResponse.json(200, payload)
+
+    async def cluster_status(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        if node.role != "control_plane":
+            return AdminResponse.message(400, CP_ONLY)
+        rows, _ = await node.data_planes(size=1000, offset=None)
+        payload = {
+            r["id"]: {k: r.get(k) for k in ("config_hash", "hostname", "ip", "last_seen")}
+            for r in rows
+        }
+        return AdminResponse.json(200, payload, headers=(("deprecation", "true"),))
+
+    async def not_found(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        return AdminResponse.message(404, "Not found")
+
+    app.add_route("", {"GET": root})
+    app.add_route("status", {"GET": status})
+    app.add_route("endpoints", {"GET": endpoints})
+    app.add_route("schemas/plugins/(?P<name>[^/]+)", {"GET": plugin_schema})
+    app.add_route("plugins/schema/(?P<name>[^/]+)", {"GET": plugin_schema})
+    app.add_route("schemas/(?P<name>[^/]+)", {"GET": schema_entity})
+    app.add_route("schemas/(?P<name>[^/]+)/validate", {"POST": schema_validate})
+    app.add_route("plugins/enabled", {"GET": plugins_enabled})
+    app.add_route("config", {"GET": config_export})
+    app.add_route("upstreams/(?P<key>[^/]+)/health", {"GET": upstream_health})
+    app.add_route(
+        "upstreams/(?P<key>[^/]+)/targets/(?P<target>[^/]+)/healthy",
+        {"PUT": target_health(True), "POST": target_health(True)},
+    )
+    app.add_route(
+        "upstreams/(?P<key>[^/]+)/targets/(?P<target>[^/]+)/unhealthy",
+        {"PUT": target_health(False), "POST": target_health(False)},
+    )
+    app.add_route("clustering/data-planes", {"GET": data_planes})
+    app.add_route(
+        "clustering/data-planes/(?P<key>[^/]+)",
+        {"GET": not_found, "DELETE": not_found, "PATCH": not_found},
+    )
+    app.add_route("clustering/status", {"GET": cluster_status})
+
+
+def _schema_by_name(schemas: Mapping[str, EntitySchema], name: str) -> EntitySchema | None:
+    if name in schemas:
+        return schemas[name]
+    return next((s for s in schemas.values() if s.admin_path == name), None)
