@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gateway._forms import parse_multipart
 from gateway.schema import Array, Boolean, Field, Foreign, Integer, Map, Number, Record
 
 _INDEX = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<index>\d*)\]$")
@@ -48,26 +47,8 @@ def decode_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], 
             raise BodyError(400, "Cannot parse form body: not UTF-8") from None
         return nest_form(parse_qsl(text, keep_blank_values=True)), True
     if ctype == "multipart/form-data":
-        return nest_form(_parse_multipart(content_type or "", body)), True
+        return nest_form(_multipart(content_type or "", body)), True
     raise BodyError(415, f"Unsupported Content-Type: {ctype}")
-
-
-def _parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str]]:
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        raise BodyError(400, "Cannot parse multipart body")
-    pairs: list[tuple[str, str]] = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        pairs.append((name, payload.decode("utf-8", "replace")))
-    return pairs
 
 
 def nest_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -149,3 +130,10 @@ def _coerce(field: Field, value: Any) -> Any:
     if value == "" and not field.required:
         return None
     return value
+
+
+def _multipart(content_type: str, body: bytes) -> list[tuple[str, str]]:
+    pairs = parse_multipart(content_type, body)
+    if pairs is None:
+        raise BodyError(400, "Cannot parse multipart body")
+    return pairs

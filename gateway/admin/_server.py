@@ -112,7 +112,9 @@ async def _read_request(
             return None, b"", AdminResponse.message(413, "Request Entity Too Large")
         if conn.they_are_waiting_for_100_continue:
             await stream.send_all(
-                conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+                conn.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
             )
         chunks: list[bytes] = []
         size = 0

@@ -11,7 +11,8 @@ chunk, streaming) -> ``log`` (after the response is sent; must not block).
 
 A plugin is a subclass of ``Plugin`` with class attributes ``name``, ``version`` (semver),
 ``priority`` and ``config_schema``. One instance exists per configured plugin entity and
-lives for one configuration version; ``__init__`` receives the validated config. Phases the
+lives for one configuration version; ``__init__`` receives the validated config and the
+plugin entity's id (``cls(config, plugin_id=entity["id"])``). Phases the
 subclass does not override cost nothing: the runtime skips them.
 
 Third-party plugins are registered with the ``gateway.plugins`` entry point group:
@@ -221,13 +222,23 @@ class Context:
         raise ExitResponse(status, body, h)
 
     async def read_body(self, limit: int) -> bytes:
-        """Buffer the client's request body (at most ``limit`` bytes, else 413).
+        """Buffer the client's request body; a body over ``limit`` bytes answers 413.
 
-        Only for plugins that must inspect the body; the proxy otherwise streams it.
+        Only for plugins that must inspect the body; the proxy otherwise streams it. The
+        runtime sets ``_body_reader(limit) -> bytes``, which reads at most ``limit + 1``
+        bytes; the body read is kept, so later calls (and the upstream request) see it.
         """
+        cached = self.shared.get("_request_body")
+        if isinstance(cached, bytes):
+            if len(cached) > limit:
+                self.exit(413, {"message": "Request size limit exceeded"})
+            return cached
         if self._body_reader is None:
             return b""
         data: bytes = await self._body_reader(limit)
+        self.shared["_request_body"] = data
+        if len(data) > limit:
+            self.exit(413, {"message": "Request size limit exceeded"})
         return data
 
 
@@ -245,8 +256,11 @@ class Plugin:
     no_route: ClassVar[bool] = False
     no_service: ClassVar[bool] = False
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], *, plugin_id: str = "") -> None:
         self.config = config
+        #: the plugin entity's id: stable across configuration versions (use it to key
+        #: state that must survive a swap, such as rate-limiting counters)
+        self.plugin_id = plugin_id
 
     async def rewrite(self, ctx: Context) -> None:
         """Runs before routing-dependent work; only for global plugins."""

@@ -12,7 +12,16 @@ from gateway.plugins._api import Plugin
 log = logging.getLogger("gateway.plugins")
 
 # module path -> class name of every bundled plugin
-BUNDLED: tuple[tuple[str, str], ...] = ()
+BUNDLED: tuple[tuple[str, str], ...] = (
+    ("gateway.plugins.bundled.correlation_id", "CorrelationId"),
+    ("gateway.plugins.bundled.cors", "Cors"),
+    ("gateway.plugins.bundled.ip_restriction", "IpRestriction"),
+    ("gateway.plugins.bundled.key_auth", "KeyAuth"),
+    ("gateway.plugins.bundled.rate_limiting", "RateLimiting"),
+    ("gateway.plugins.bundled.request_size_limiting", "RequestSizeLimiting"),
+    ("gateway.plugins.bundled.request_transformer", "RequestTransformer"),
+    ("gateway.plugins.bundled.response_transformer", "ResponseTransformer"),
+)
 
 
 @cache
