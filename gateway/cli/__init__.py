@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from gateway._version import __version__
 
 # Modules that contribute subcommands. Each exposes ``register(subparsers)``.
-_COMMAND_MODULES: tuple[str, ...] = ("gateway.cli._start",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "gateway.cli._start",
+    "gateway.cli._check",
+    "gateway.cli._hybrid",
+    "gateway.cli._pki",
+    "gateway.cli._config",
+    "gateway.cli._migrations",
+    "gateway.cli._quickstart",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
