@@ -25,6 +25,7 @@ import attrs
 
 from gateway.admin._body import BodyError, coerce_form_types, decode_body
 from gateway.schema import EntityError, EntitySchema, ErrorCode, SchemaViolation
+from gateway.store import Store, TagsMode
 
 JSON = dict[str, Any]
 
@@ -68,33 +69,6 @@ class AdminResponse:
     @classmethod
     def message(cls, status: int, message: str) -> AdminResponse:
         return cls.json(status, {"message": message})
-
-
-class Store(Protocol):
-    """What the Admin API needs from ``gateway.store``."""
-
-    async def get(self, entity: str, entity_id: str) -> JSON | None: ...
-
-    async def get_by(self, entity: str, field: str, value: Any) -> JSON | None: ...
-
-    async def page(
-        self,
-        entity: str,
-        *,
-        size: int = 100,
-        offset: str | None = None,
-        tags: Sequence[str] | None = None,
-        tags_mode: str = "and",
-        filters: Mapping[str, Any] | None = None,
-    ) -> tuple[list[JSON], str | None]: ...
-
-    async def insert(self, entity: str, row: JSON) -> JSON: ...
-
-    async def update(self, entity: str, row: JSON) -> JSON: ...
-
-    async def upsert(self, entity: str, row: JSON) -> JSON: ...
-
-    async def delete(self, entity: str, entity_id: str) -> bool: ...
 
 
 class Extension(Protocol):
@@ -300,7 +274,9 @@ class AdminApp:
             raise SchemaViolation(errors)
         return data
 
-    def _page_args(self, request: AdminRequest) -> tuple[int, str | None, list[str] | None, str]:
+    def _page_args(
+        self, request: AdminRequest
+    ) -> tuple[int, str | None, list[str] | None, TagsMode]:
         raw_size = request.query_value("size")
         size = 100
         if raw_size is not None:
@@ -315,7 +291,7 @@ class AdminApp:
         offset = request.query_value("offset") or None
         raw_tags = request.query_value("tags")
         tags: list[str] | None = None
-        mode = "and"
+        mode: TagsMode = "and"
         if raw_tags:
             if "," in raw_tags and "/" in raw_tags:
                 raise EntityError(

@@ -8,6 +8,7 @@ server down.
 
 from __future__ import annotations
 
+import http
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ log = logging.getLogger("gateway.admin")
 App = Callable[[AdminRequest], Awaitable[AdminResponse]]
 
 _RECV = 16 * 1024
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _IDLE_TIMEOUT = 60.0
 
 
@@ -159,7 +161,8 @@ async def _send(
     if close:
         headers.append((b"connection", b"close"))
     try:
-        data = conn.send(h11.Response(status_code=response.status, headers=headers))
+        reason = _REASONS.get(response.status, b"")
+        data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
         if response.body and response.status != 204:
             data += conn.send(h11.Data(data=response.body))
         data += conn.send(h11.EndOfMessage())

@@ -1,14 +1,57 @@
+"""``python -m gateway [start]``: run a node in the foreground until SIGTERM / SIGINT."""
+
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
 from typing import Any
+
+import trio
+
+from gateway._errors import ConfigError
+from gateway._logging import configure_logging
+from gateway.settings import Settings, add_settings_arguments, settings_from_args
+
+log = logging.getLogger("gateway")
 
 
 def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser("start", help="start a node")
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "start",
+        help="start a node",
+        description="Start a node (traditional, control_plane or data_plane) in the foreground.",
+    )
+    add_settings_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    print("not wired yet")
-    return 1
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level, role=settings.role)
+    try:
+        trio.run(run_until_signal, settings)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def run_until_signal(settings: Settings) -> None:
+    """Run the node; SIGTERM, SIGINT or SIGQUIT stop it gracefully (in-flight requests drain)."""
+    from gateway._node import serve_node
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_node, settings)
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
