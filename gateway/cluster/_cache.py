@@ -1,16 +1,18 @@
 """The data plane's on-disk configuration cache.
 
 Theory of operation: after every successful apply the DP writes the configuration it now
-runs (the runtime config dict, its version and hash) to ``<cache_path>/config.cache``, so a
-restart with the control plane unreachable comes back serving the same configuration.
+runs (the runtime config dict, its version and hash) to a file in
+``data_plane_config_cache_path``, so a restart with the control plane unreachable comes back
+serving the same configuration.
 
 Modes (``data_plane_config_cache_mode``):
 
-* ``unencrypted``: gzip-compressed JSON, file mode 0600.
-* ``encrypted``: the same bytes sealed with AES-256-GCM; the key is derived with HKDF-SHA256
-  from the DER of the cluster private key (``cluster_cert_key``), so only a node holding the
-  cluster key can read the cache. A fresh 96-bit nonce per write; the header is bound as
-  associated data.
+* ``unencrypted``: ``config.cache.json.gz``, gzip-compressed JSON (``zcat`` reads it),
+  file mode 0600.
+* ``encrypted``: ``.config.cache.enc``, the same bytes sealed with AES-256-GCM; the key is
+  derived with HKDF-SHA256 from the DER of the cluster private key (``cluster_cert_key``),
+  so only a node holding the cluster key can read the cache. A fresh 96-bit nonce per
+  write; the header is bound as associated data.
 * ``off``: nothing is written; an existing cache file is left alone but never read.
 
 Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory).
@@ -38,8 +40,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 log = logging.getLogger("gateway.cluster.cache")
 
-CACHE_FILE = "config.cache"
-_MAGIC_PLAIN = b"GWC1P"
+#: File names by mode (the unencrypted one as in Kong's docs; ``zcat`` reads it).
+CACHE_FILES = {"unencrypted": "config.cache.json.gz", "encrypted": ".config.cache.enc"}
+_GZIP_MAGIC = b"\x1f\x8b"
 _MAGIC_SEALED = b"GWC1E"
 _HKDF_INFO = b"trio-gateway data plane config cache v1"
 # A cache never legitimately exceeds the largest payload a CP may send; bound reads anyway.
@@ -82,7 +85,7 @@ class ConfigCache:
 
     @property
     def path(self) -> Path:
-        return self.directory / CACHE_FILE
+        return self.directory / CACHE_FILES.get(self.mode, CACHE_FILES["unencrypted"])
 
     def encode(self, cached: CachedConfig) -> bytes:
         doc = {"version": cached.version, "hash": cached.hash, "config": cached.config}
@@ -94,7 +97,7 @@ class ConfigCache:
             nonce = secrets.token_bytes(12)
             sealed = AESGCM(self._key).encrypt(nonce, packed, _MAGIC_SEALED)
             return _MAGIC_SEALED + nonce + sealed
-        return _MAGIC_PLAIN + packed
+        return packed
 
     def decode(self, data: bytes) -> CachedConfig:
         if self.mode == "encrypted":
@@ -107,9 +110,9 @@ class ConfigCache:
             except Exception as exc:  # InvalidTag: wrong key or tampered file
                 raise CacheError("cannot decrypt (another cluster key, or a damaged file)") from exc
         else:
-            if not data.startswith(_MAGIC_PLAIN):
-                raise CacheError("not an unencrypted cache file (mode is 'unencrypted')")
-            packed = data[5:]
+            if not data.startswith(_GZIP_MAGIC):
+                raise CacheError("not a gzip file (mode is 'unencrypted')")
+            packed = data
         try:
             raw = _bounded_gunzip(packed, _MAX_CACHE_BYTES)
             doc = json.loads(raw)
@@ -148,7 +151,7 @@ class ConfigCache:
             return
         data = self.encode(cached)
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{CACHE_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = self.directory / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -32,15 +32,15 @@ def test_encrypted_cache_is_not_readable_without_the_key(tmp_path: Path) -> None
     ConfigCache(tmp_path, "encrypted", _key()).store(
         CachedConfig(config=CONFIG, version=1, hash="x" * 32)
     )
-    raw = (tmp_path / "config.cache").read_bytes()
+    raw = (tmp_path / ".config.cache.enc").read_bytes()
     assert b"services" not in raw
     assert ConfigCache(tmp_path, "encrypted", _key()).load() is None
 
 
 def test_unencrypted_cache_is_gzip_json(tmp_path: Path) -> None:
     ConfigCache(tmp_path, "unencrypted").store(CachedConfig(config=CONFIG, version=1, hash="x"))
-    raw = (tmp_path / "config.cache").read_bytes()
-    assert b'"services"' in gzip.decompress(raw[5:])
+    raw = (tmp_path / "config.cache.json.gz").read_bytes()
+    assert b'"services"' in gzip.decompress(raw)
 
 
 def test_off_writes_and_reads_nothing(tmp_path: Path) -> None:
@@ -74,9 +74,11 @@ def test_damaged_cache_is_ignored_with_an_error(
     assert "ignored" in caplog.text
 
 
-def test_wrong_mode_is_refused(tmp_path: Path) -> None:
+def test_wrong_content_is_refused(tmp_path: Path) -> None:
     ConfigCache(tmp_path, "unencrypted").store(CachedConfig(config=CONFIG, version=1, hash="x"))
-    assert ConfigCache(tmp_path, "encrypted", _key()).load() is None
+    sealed = ConfigCache(tmp_path, "encrypted", _key())
+    sealed.path.write_bytes((tmp_path / "config.cache.json.gz").read_bytes())
+    assert sealed.load() is None
 
 
 def test_gzip_bomb_is_refused(tmp_path: Path) -> None:
@@ -87,7 +89,7 @@ def test_gzip_bomb_is_refused(tmp_path: Path) -> None:
     old = mod._MAX_CACHE_BYTES
     mod._MAX_CACHE_BYTES = 1024 * 1024
     try:
-        cache.path.write_bytes(b"GWC1P" + bomb)
+        cache.path.write_bytes(bomb)
         assert cache.load() is None
     finally:
         mod._MAX_CACHE_BYTES = old
