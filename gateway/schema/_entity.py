@@ -27,6 +27,8 @@ class EntitySchema:
     ``username``). ``preprocess``: rewrites shorthands before validation (a service's
     ``url``). ``owner``: the foreign field of an entity that only exists below another one
     (``keyauth_credentials.consumer``). ``cache_key``: fields that together are unique.
+    ``on_insert``: fills auto-generated values (a key-auth ``key``) on insert and replace
+    only, never on PATCH.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class EntitySchema:
         cache_key: Sequence[str] = (),
         timestamps: bool = True,
         generate_admin_api: bool = True,
+        on_insert: Preprocess | None = None,
     ) -> None:
         base: list[tuple[str, Field]] = [("id", Uuid(auto=True))]
         if timestamps:
@@ -55,6 +58,7 @@ class EntitySchema:
         self.cache_key = tuple(cache_key)
         self.timestamps = timestamps
         self.generate_admin_api = generate_admin_api
+        self.on_insert = on_insert
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -79,6 +83,8 @@ class EntitySchema:
     def validate_insert(self, data: Mapping[str, Any], *, now: int) -> dict[str, Any]:
         """A new entity: defaults filled, id generated unless given, timestamps set."""
         prepared = self._prepare(data)
+        if self.on_insert is not None:
+            prepared = self.on_insert(prepared)
         if prepared.get("id") is None:
             prepared["id"] = str(uuid.uuid4())
         if self.timestamps:
@@ -91,7 +97,7 @@ class EntitySchema:
     ) -> dict[str, Any]:
         """PATCH semantics: merge ``patch`` into ``existing`` (records merged deeply)."""
         prepared = self._prepare(patch)
-        merged = _merge(dict(existing), prepared)
+        merged = self._merge(existing, prepared)
         merged["id"] = existing["id"]
         if self.timestamps:
             merged["created_at"] = existing.get("created_at", now)
@@ -103,11 +109,16 @@ class EntitySchema:
     ) -> dict[str, Any]:
         """PUT semantics: the body replaces the entity entirely (defaults fill the rest)."""
         prepared = self._prepare(data)
+        if self.on_insert is not None:
+            prepared = self.on_insert(prepared)
         prepared["id"] = entity_id
         if self.timestamps:
             prepared["created_at"] = created_at if created_at is not None else now
             prepared["updated_at"] = now
         return self._validate_full(prepared)
+
+    def _merge(self, existing: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+        return _merge(dict(existing), patch, self.record)
 
     def validate_stored(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """A complete entity (declarative config, DP apply): validate, fill defaults."""
@@ -133,14 +144,19 @@ class EntitySchema:
         return out
 
 
-def _merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(
+    base: dict[str, Any], patch: Mapping[str, Any], record: Record | None = None
+) -> dict[str, Any]:
+    """Kong's PATCH merge: records (plugin config, healthchecks) merge field by field;
+    maps, arrays and scalars are replaced. Without a ``record`` every dict merges."""
     out: dict[str, Any] = _deepcopy(base)
     for key, value in patch.items():
         current = out.get(key)
-        if isinstance(current, dict) and isinstance(value, Mapping) and value:
-            # Records (plugin config, healthchecks) merge; maps are replaced by the
-            # caller's schema knowledge only when they are records, which is what Kong does.
-            out[key] = _merge(current, value)
+        field = record.fields.get(key) if record is not None else None
+        is_record = record is None or isinstance(field, Record)
+        if is_record and isinstance(current, dict) and isinstance(value, Mapping) and value:
+            sub = field if isinstance(field, Record) else None
+            out[key] = _merge(current, value, sub)
         else:
             out[key] = _deepcopy(value)
     merged: dict[str, Any] = out

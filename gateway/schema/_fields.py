@@ -433,7 +433,7 @@ class Foreign(Field):
         return out
 
 
-EntityCheck = Callable[[dict[str, Any]], "str | dict[str, str] | None"]
+EntityCheck = Callable[[dict[str, Any]], "str | dict[str, Any] | None"]
 
 
 class Record(Field):
@@ -512,7 +512,12 @@ class Record(Field):
                 if isinstance(result, str):
                     errors.setdefault("@entity", []).append(result)
                 else:
-                    errors.update(result)
+                    for key, sub in result.items():
+                        if key == "@entity":
+                            subs = sub if isinstance(sub, list) else [sub]
+                            errors.setdefault("@entity", []).extend(subs)
+                        else:
+                            errors.setdefault(key, sub)
             if errors:
                 return value, errors
         return out, None
