@@ -12,7 +12,7 @@ the new one. A configuration that fails anywhere before the swap changes nothing
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -80,6 +80,11 @@ class ConfigApplier:
         self.proxy = proxy
         self.node = node
         self._lock = trio.Lock()
+        self._subscribers: list[Callable[[PreparedConfig], None]] = []
+
+    def subscribe(self, callback: Callable[[PreparedConfig], None]) -> None:
+        """Call ``callback`` (synchronously, must not block) after every install."""
+        self._subscribers.append(callback)
 
     async def prepare(
         self, config: Mapping[str, Any], *, version: int, validate: bool
@@ -91,6 +96,8 @@ class ConfigApplier:
 
     def install(self, prepared: PreparedConfig, *, source: str) -> None:
         self.proxy.swap(prepared.compiled)
+        for callback in self._subscribers:
+            callback(prepared)
         self.node.config_applied(
             version=prepared.version,
             config_hash=prepared.hash,

@@ -1,0 +1,78 @@
+"""Starting the proxy of a node: in-process (``worker_processes = 1``) or as a worker pool.
+
+With one worker the node serves the proxy listeners itself from the ``ProxyState`` its
+``ConfigApplier`` swaps. With N > 1 a supervisor (``gateway.proxy._workers``) runs N worker
+processes that share the listening sockets; every configuration the node installs is then
+published to all workers (latest wins: a worker busy compiling version 5 gets version 7
+next, never 6 after 7).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import trio
+
+from gateway._config_apply import ConfigApplier, PreparedConfig
+from gateway.proxy import serve_proxy
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+class _Latest:
+    """A one-slot mailbox: ``put`` never blocks and replaces what was not taken yet."""
+
+    def __init__(self) -> None:
+        self._value: PreparedConfig | None = None
+        self._event = trio.Event()
+
+    def put(self, value: PreparedConfig) -> None:
+        self._value = value
+        self._event.set()
+
+    async def take(self) -> PreparedConfig:
+        await self._event.wait()
+        self._event = trio.Event()
+        value = self._value
+        assert value is not None
+        self._value = None
+        return value
+
+
+async def start_proxy(
+    nursery: trio.Nursery, settings: Settings, applier: ConfigApplier
+) -> list[tuple[str, int]]:
+    """Serve ``proxy_listen``; returns the bound addresses."""
+    if settings.worker_processes <= 1:
+        bound: list[tuple[str, int]] = await nursery.start(serve_proxy, settings, applier.proxy)
+        return bound
+    from gateway.proxy._workers import serve_workers
+
+    current = applier.proxy.current
+    pool: Any = await nursery.start(
+        partial(
+            serve_workers,
+            settings,
+            dict(current.config),
+            version=current.version,
+            workers=settings.worker_processes,
+        )
+    )
+    mailbox = _Latest()
+    applier.subscribe(mailbox.put)
+
+    async def publisher() -> None:
+        while True:
+            prepared = await mailbox.take()
+            try:
+                await pool.publish(prepared.runtime, prepared.version)
+            except Exception:
+                log.exception("could not publish configuration %s to the workers", prepared.version)
+
+    nursery.start_soon(publisher)
+    log.info("proxy served by %d worker processes", settings.worker_processes)
+    addresses: list[tuple[str, int]] = list(pool.addresses)
+    return addresses
