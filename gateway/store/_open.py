@@ -6,16 +6,25 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from gateway.schema import EntitySchema
-from gateway.store import _migrations, _postgres, _sqlite
+from gateway.store import _migrations, _sqlite
 from gateway.store._api import Store, StoreSettings
 from gateway.store._errors import StoreError
 from gateway.store._migrations import MigrationState
 
 _MigrationFn = Callable[[_migrations.Executor, _migrations.Backend], list[str]]
+
+
+def _pg() -> Any:
+    """The PostgreSQL backend, imported on first use (psycopg costs ~0.5 s to import, and
+    SQLite nodes and every CLI command should not pay it)."""
+    from gateway.store import _postgres
+
+    return _postgres
 
 
 def sqlite_path(settings: StoreSettings) -> Path:
@@ -54,7 +63,7 @@ async def open_store(
     try:
         # The nursery runs the store's LISTEN task beside the caller's block.
         async with trio.open_nursery() as nursery:
-            pg = await _postgres.PostgresStore.open(nursery, settings, schemas)
+            pg = await _pg().PostgresStore.open(nursery, settings, schemas)
             try:
                 yield pg
             finally:
@@ -73,7 +82,7 @@ async def open_store(
 async def migration_state(settings: StoreSettings) -> MigrationState:
     """Which migrations ran and which are pending."""
     if _backend(settings) == "postgres":
-        return await trio.to_thread.run_sync(_postgres.read_state, settings)
+        return await trio.to_thread.run_sync(_pg().read_state, settings)
 
     def work() -> MigrationState:
         path = sqlite_path(settings)
@@ -91,21 +100,21 @@ async def migration_state(settings: StoreSettings) -> MigrationState:
 async def bootstrap(settings: StoreSettings) -> list[str]:
     """Create the tables; the migrations that ran ([] if it was bootstrapped already)."""
     if _backend(settings) == "postgres":
-        return await trio.to_thread.run_sync(_postgres.bootstrap, settings)
+        return await trio.to_thread.run_sync(_pg().bootstrap, settings)
     return await _sqlite_migrate(settings, _migrations.bootstrap)
 
 
 async def migrate_up(settings: StoreSettings) -> list[str]:
     """Run the pending migrations; the ones that ran."""
     if _backend(settings) == "postgres":
-        return await trio.to_thread.run_sync(_postgres.up, settings)
+        return await trio.to_thread.run_sync(_pg().up, settings)
     return await _sqlite_migrate(settings, _up_or_bootstrap)
 
 
 async def reset(settings: StoreSettings) -> None:
     """Drop every table of the store (PostgreSQL with ``pg_schema``: the whole schema)."""
     if _backend(settings) == "postgres":
-        await trio.to_thread.run_sync(_postgres.reset, settings)
+        await trio.to_thread.run_sync(_pg().reset, settings)
         return
 
     def drop(ex: _migrations.Executor, backend: _migrations.Backend) -> list[str]:
