@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
         help="directory for the database, certificates and caches (default: %(default)s)",
     )
     p.add_argument("--data-planes", type=int, default=2, help="number of data planes (default: 2)")
-    p.add_argument("--log-level", default="notice", help="log level (default: %(default)s)")
+    p.add_argument("--log-level", default="warn", help="log level (default: %(default)s)")
     p.set_defaults(func=_run)
 
 
