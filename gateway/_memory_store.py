@@ -17,11 +17,18 @@ Row = dict[str, Any]
 
 class MemoryStore:
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self._entities: dict[str, list[Row]] = {
+        self._entities: dict[str, list[Row]] = {}
+        self._version = 0
+        self.replace(config)
+
+    def replace(self, config: Mapping[str, Any]) -> None:
+        """Show ``config`` from now on (``POST /config`` of a node without a database)."""
+        self._entities = {
             k: sorted(v, key=lambda r: str(r.get("id")))
             for k, v in config.items()
             if not k.startswith("_") and isinstance(v, list)
         }
+        self._version += 1
 
     async def get(self, entity: str, entity_id: str) -> Row | None:
         return next((r for r in self._entities.get(entity, []) if r.get("id") == entity_id), None)
@@ -53,17 +60,21 @@ class MemoryStore:
             try:
                 start = int(base64.urlsafe_b64decode(offset.encode()).decode())
             except (ValueError, UnicodeDecodeError):
-                raise EntityError(
-                    ErrorCode.INVALID_OFFSET, f"'{offset}' is not a valid offset"
-                ) from None
+                start = -1
+            if start < 0:
+                raise EntityError(ErrorCode.INVALID_OFFSET, f"'{offset}' is not a valid offset")
         chunk = rows[start : start + size]
         nxt = None
         if start + size < len(rows):
             nxt = base64.urlsafe_b64encode(str(start + size).encode()).decode()
         return chunk, nxt
 
+    async def count(self, entity: str) -> int:
+        return len(self._entities.get(entity, []))
+
     async def current_version(self) -> int:
-        return 1
+        """1 for the configuration the node started with, one more per ``replace``."""
+        return self._version
 
     async def export(self) -> tuple[int, dict[str, list[Row]]]:
-        return 1, {k: list(v) for k, v in self._entities.items()}
+        return self._version, {k: list(v) for k, v in self._entities.items()}

@@ -29,11 +29,12 @@ import attrs
 import trio
 
 from gateway._config_apply import ConfigApplier
+from gateway._memory_store import MemoryStore
 from gateway._net import bound_address, open_listener
 from gateway._node_id import load_or_create_node_id
 from gateway._state import NodeState
 from gateway._status_api import StatusApp
-from gateway.admin import AdminApp, install_meta_routes, serve_http
+from gateway.admin import AdminApp, DeclarativeReloader, install_meta_routes, serve_http
 from gateway.declarative import export_declarative, load_declarative, parse_declarative
 from gateway.proxy import ProxyState, serve_proxy
 from gateway.proxy._tls import context_from_pem, self_signed_pem
@@ -203,8 +204,13 @@ class _AdminNode:
         balancer = self.proxy.current.balancers.get(upstream["name"])
         if balancer is None:
             return False
-        balancer.set_healthy(target["target"], healthy)
-        return True
+        return bool(balancer.set_healthy(target["target"], healthy))
+
+    def balancer_health(self, upstream: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self.proxy is None:
+            return None
+        balancer = self.proxy.current.balancers.get(upstream["name"])
+        return dict(balancer.balancer_health()) if balancer is not None else None
 
     async def data_planes(
         self, *, size: int, offset: str | None
@@ -253,14 +259,22 @@ async def serve_traditional(
         async with trio.open_nursery() as nursery:
             addresses: dict[str, tuple[tuple[str, int], ...]] = {}
             if settings.admin_listen:
+                # The Admin API reads the in-memory configuration when there is no database.
+                memory_store: Any = MemoryStore(memory or {}) if store is None else None
                 app = AdminApp(
-                    store=store if store is not None else _memory_store(memory or {}),
+                    store=store if store is not None else memory_store,
                     schemas=ENTITIES,
                     read_only_reason=(
                         "running without a database (database = off)" if store is None else None
                     ),
                 )
-                install_meta_routes(app, _AdminNode(settings, state, store, proxy, memory))
+                # database = off: POST /config replaces the configuration (Kong's DB-less).
+                loader = (
+                    DeclarativeReloader(applier, memory_store) if memory_store is not None else None
+                )
+                install_meta_routes(
+                    app, _AdminNode(settings, state, store, proxy, memory), loader=loader
+                )
                 addresses["admin"] = tuple(
                     await start_http_api(
                         nursery,
@@ -307,9 +321,3 @@ async def _follow_store(store: Store, applier: ConfigApplier, settings: Settings
         except Exception as exc:  # keep the last good configuration
             applier.node.last_apply_error = str(exc)
             log.exception("configuration from the database not applied; keeping the last one")
-
-
-def _memory_store(config: Mapping[str, Any]) -> Any:
-    from gateway._memory_store import MemoryStore
-
-    return MemoryStore(config)

@@ -8,22 +8,29 @@ transaction and bumps the config version, which is what propagates a change to t
 (traditional role) or to the data planes (control plane). Errors are Kong's bodies
 (``{"message", "name", "code", "fields"}``) with Kong's status codes.
 
+``/tags`` and ``/upstreams/{u}/targets/all`` are built here too: they only need the store.
+Path segments are matched percent-encoded and decoded one by one (``PathMatch``), so a name
+may contain ``/``.
+
 The HTTP server (``gateway.admin._server``) only parses HTTP and calls ``handle``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import attrs
 
 from gateway.admin._body import BodyError, coerce_form_types, decode_body
+from gateway.plugins import available_plugins
 from gateway.schema import EntityError, EntitySchema, ErrorCode, SchemaViolation
 from gateway.store import Store, TagsMode
 
@@ -41,6 +48,9 @@ class AdminRequest:
     query: Sequence[tuple[str, str]] = ()
     headers: Mapping[str, str] = attrs.field(factory=dict)  # lower-case names
     body: bytes = b""
+    #: The path as sent (still percent-encoded), so that ``/services/a%2Fb`` names the
+    #: service ``a/b``; None when the caller only has the decoded ``path``.
+    raw_path: str | None = None
 
     def query_value(self, name: str) -> str | None:
         for k, v in self.query:
@@ -71,13 +81,32 @@ class AdminResponse:
         return cls.json(status, {"message": message})
 
 
+class PathMatch:
+    """The named segments of a matched path, percent-decoded one by one."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self, groups: Mapping[str, str]) -> None:
+        self._groups = dict(groups)
+
+    @classmethod
+    def from_match(cls, m: re.Match[str], *, encoded: bool) -> PathMatch:
+        groups = m.groupdict()
+        if encoded:
+            groups = {k: unquote(v) for k, v in groups.items()}
+        return cls(groups)
+
+    def group(self, name: str) -> str:
+        return self._groups[name]
+
+
 class Extension(Protocol):
     """Optional endpoints contributed by the node (status, clustering, health)."""
 
-    async def __call__(self, request: AdminRequest, match: re.Match[str]) -> AdminResponse: ...
+    async def __call__(self, request: AdminRequest, match: PathMatch) -> AdminResponse: ...
 
 
-Handler = Callable[[AdminRequest, "re.Match[str]"], Awaitable[AdminResponse]]
+Handler = Callable[[AdminRequest, PathMatch], Awaitable[AdminResponse]]
 
 
 class _Route:
@@ -178,6 +207,18 @@ class AdminApp:
                     )
                 )
 
+        upstreams, targets = self._by_path.get("upstreams"), self.schemas.get("targets")
+        if upstreams is not None and targets is not None:
+            # Kong's /upstreams/{u}/targets/all lists every target, also those of weight 0
+            # (here: the same list as /targets, which hides none). Checked before the
+            # /targets/{key} form, so "all" is never taken for a target's name.
+            self.add_route(
+                re.escape(upstreams.admin_path) + "/" + seg.format("parent") + "/targets/all",
+                {"GET": self._list(targets, "upstream", upstreams)},
+            )
+        self.add_route("tags", {"GET": self._tags})
+        self.add_route("tags/" + seg.format("tag"), {"GET": self._tags})
+
     async def handle(self, request: AdminRequest) -> AdminResponse:
         try:
             return await self._dispatch(request)
@@ -187,11 +228,14 @@ class AdminApp:
             return AdminResponse.message(exc.status, exc.message)
 
     async def _dispatch(self, request: AdminRequest) -> AdminResponse:
-        path = request.path.rstrip("/") or "/"
+        encoded = request.raw_path is not None
+        raw = request.raw_path if request.raw_path is not None else request.path
+        path = raw.rstrip("/") or "/"
         for route in self._routes:
-            m = route.pattern.match(path.lstrip("/"))
-            if m is None:
+            found = route.pattern.match(path.lstrip("/"))
+            if found is None:
                 continue
+            m = PathMatch.from_match(found, encoded=encoded)
             method = "GET" if request.method == "HEAD" else request.method
             if method == "OPTIONS":
                 allow = ", ".join(sorted({*route.handlers, "OPTIONS"}))
@@ -236,7 +280,7 @@ class AdminApp:
         return None
 
     async def _find_parent(
-        self, parent: EntitySchema, m: re.Match[str]
+        self, parent: EntitySchema, m: PathMatch
     ) -> tuple[JSON | None, AdminResponse | None]:
         row = await self.find(parent, m.group("parent"))
         if row is None:
@@ -247,18 +291,33 @@ class AdminApp:
         data, is_form = decode_body(request.headers.get("content-type"), request.body)
         if is_form:
             data = coerce_form_types(schema.record, data)
+            config = data.get("config")
+            if schema.name == "plugins" and isinstance(config, dict):
+                # The entity's ``config`` is a placeholder record: the plugin's own schema
+                # says that ``config.minute=5`` is a number and ``config.origins=*`` a list.
+                cls = available_plugins().get(str(data.get("name")))
+                if cls is not None:
+                    data["config"] = coerce_form_types(cls.config_schema, config)
         return await self._resolve_foreign(schema, data)
 
     async def _resolve_foreign(self, schema: EntitySchema, data: JSON) -> JSON:
-        """``{"service": {"name": "x"}}`` -> ``{"service": {"id": "<id of x>"}}``."""
+        """``{"service": {"name": "x"}}`` -> ``{"service": {"id": "<id of x>"}}``.
+
+        NOTE: Kong's Admin API takes references by id; names are resolved here as in
+        declarative files (pinned by test_entities.py::test_routes_nested_under_services).
+        """
         errors: dict[str, Any] = {}
         for fname, field in schema.foreign_keys().items():
             ref = data.get(fname)
-            if isinstance(ref, str) and not _is_uuid(ref):
-                ref = {"name": ref}
-            if not isinstance(ref, dict) or "id" in ref or not ref:
-                continue
             target = self.schemas.get(field.reference)
+            if isinstance(ref, str):
+                # A bare value (form ``service=my-service``): an id or the endpoint key.
+                if _is_uuid(ref):
+                    data = {**data, fname: {"id": ref.lower()}}
+                    continue
+                ref = {target.endpoint_key if target and target.endpoint_key else "name": ref}
+            if not isinstance(ref, dict) or "id" in ref or len(ref) != 1:
+                continue
             key_field = next(iter(ref))
             if target is None or target.endpoint_key not in (key_field, None):
                 continue
@@ -275,7 +334,7 @@ class AdminApp:
         return data
 
     def _page_args(
-        self, request: AdminRequest
+        self, request: AdminRequest, schema: EntitySchema | None = None
     ) -> tuple[int, str | None, list[str] | None, TagsMode]:
         raw_size = request.query_value("size")
         size = 100
@@ -292,6 +351,11 @@ class AdminApp:
         raw_tags = request.query_value("tags")
         tags: list[str] | None = None
         mode: TagsMode = "and"
+        if raw_tags and schema is not None and "tags" not in schema.fields:
+            raise EntityError(
+                ErrorCode.INVALID_OPTIONS,
+                f"invalid option (tags: cannot be used with '{schema.name}')",
+            )
         if raw_tags:
             if "," in raw_tags and "/" in raw_tags:
                 raise EntityError(
@@ -309,14 +373,14 @@ class AdminApp:
     def _list(
         self, schema: EntitySchema, fname: str | None = None, parent: EntitySchema | None = None
     ) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             filters: dict[str, Any] = {}
             if fname is not None and parent is not None:
                 prow, err = await self._find_parent(parent, m)
                 if err is not None or prow is None:
                     return err or AdminResponse.message(404, "Not found")
                 filters[fname] = prow["id"]
-            size, offset, tags, mode = self._page_args(request)
+            size, offset, tags, mode = self._page_args(request, schema)
             rows, next_offset = await self._reader().page(
                 schema.name, size=size, offset=offset, tags=tags, tags_mode=mode, filters=filters
             )
@@ -335,7 +399,7 @@ class AdminApp:
     def _create(
         self, schema: EntitySchema, fname: str | None = None, parent: EntitySchema | None = None
     ) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             store = self._require_store(schema, "create")
             if fname is not None and parent is not None:
                 prow, err = await self._find_parent(parent, m)
@@ -353,7 +417,7 @@ class AdminApp:
     async def _find_child(
         self,
         schema: EntitySchema,
-        m: re.Match[str],
+        m: PathMatch,
         fname: str | None,
         parent: EntitySchema | None,
     ) -> tuple[JSON | None, JSON | None, AdminResponse | None]:
@@ -383,7 +447,7 @@ class AdminApp:
     def _get(
         self, schema: EntitySchema, fname: str | None = None, parent: EntitySchema | None = None
     ) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             _, row, err = await self._find_child(schema, m, fname, parent)
             if err is not None:
                 return err
@@ -396,7 +460,7 @@ class AdminApp:
     def _patch(
         self, schema: EntitySchema, fname: str | None = None, parent: EntitySchema | None = None
     ) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             store = self._require_store(schema, "update")
             prow, row, err = await self._find_child(schema, m, fname, parent)
             if err is not None:
@@ -414,7 +478,7 @@ class AdminApp:
     def _put(
         self, schema: EntitySchema, fname: str | None = None, parent: EntitySchema | None = None
     ) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             store = self._require_store(schema, "update")
             prow, row, err = await self._find_child(schema, m, fname, parent)
             if err is not None:
@@ -428,8 +492,11 @@ class AdminApp:
                 entity_id, created = key.lower(), None
             else:
                 entity_id, created = str(uuid.uuid4()), None
-                if schema.endpoint_key:
-                    data.setdefault(schema.endpoint_key, key)
+            by_key = schema.endpoint_key is not None and not _is_uuid(key)
+            if by_key and (row is None or row.get(schema.endpoint_key or "") == key):
+                # PUT /services/{name}: the name in the URL wins over one in the body (Kong's
+                # upsert_by_name), so the same request always addresses the same entity.
+                data[schema.endpoint_key or ""] = key
             if fname is not None and prow is not None:
                 data[fname] = {"id": prow["id"]}
             new = schema.validate_replace(entity_id, data, now=self._now(), created_at=created)
@@ -440,19 +507,66 @@ class AdminApp:
     def _delete(
         self, schema: EntitySchema, fname: str | None = None, parent: EntitySchema | None = None
     ) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             store = self._require_store(schema, "delete")
             _, row, err = await self._find_child(schema, m, fname, parent)
             if err is not None:
                 return err
-            if row is not None:
-                await store.delete(schema.name, row["id"])
+            if row is None:
+                if fname is not None:
+                    # Kong: nested forms answer 404 for an entity that is not below the
+                    # parent; the top-level form is idempotent (204).
+                    return AdminResponse.message(404, "Not found")
+                return AdminResponse(status=204)
+            await store.delete(schema.name, row["id"])
             return AdminResponse(status=204)
 
         return handler
 
+    async def _tags(self, request: AdminRequest, m: PathMatch) -> AdminResponse:
+        """``GET /tags`` and ``/tags/{tag}``: ``{"entity_name", "entity_id", "tag"}`` rows,
+        ordered by tag, entity name and id, paginated like the entity lists."""
+        wanted: str | None = None
+        try:
+            wanted = m.group("tag")
+        except KeyError:
+            wanted = None
+        if wanted is not None and not _TAG.match(wanted):
+            raise EntityError(
+                ErrorCode.INVALID_OPTIONS,
+                "invalid option (tags: invalid tag: a tag has printable characters, "
+                "except ',' and '/', and no spaces)",
+            )
+        size, offset, _, _ = self._page_args(request)
+        after = _decode_tag_offset(offset) if offset is not None else None
+        _, entities = await self._reader().export()
+        rows: list[tuple[str, str, str]] = []
+        for name, items in entities.items():
+            schema = self.schemas.get(name)
+            if schema is None or "tags" not in schema.fields:
+                continue
+            for item in items:
+                for tag in item.get("tags") or ():
+                    if isinstance(tag, str) and (wanted is None or tag == wanted):
+                        rows.append((tag, name, str(item["id"])))
+        rows.sort()
+        if after is not None:
+            rows = [r for r in rows if r > after]
+        page, more = rows[:size], len(rows) > size
+        payload: JSON = {
+            "data": [{"entity_name": e, "entity_id": i, "tag": t} for t, e, i in page],
+            "next": None,
+        }
+        if more:
+            nxt = _encode_tag_offset(page[-1])
+            base = request.path.rstrip("/")
+            extra = "".join(f"&size={quote(v, safe='')}" for k, v in request.query if k == "size")
+            payload["next"] = f"{base}?offset={nxt}{extra}"
+            payload["offset"] = nxt
+        return AdminResponse.json(200, payload)
+
     def _get_parent(self, schema: EntitySchema, fname: str, parent: EntitySchema) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             row = await self.find(schema, m.group("key"))
             ref = row.get(fname) if row else None
             if not isinstance(ref, dict):
@@ -465,7 +579,7 @@ class AdminApp:
         return handler
 
     def _patch_parent(self, schema: EntitySchema, fname: str, parent: EntitySchema) -> Handler:
-        async def handler(request: AdminRequest, m: re.Match[str]) -> AdminResponse:
+        async def handler(request: AdminRequest, m: PathMatch) -> AdminResponse:
             store = self._require_store(parent, "update")
             row = await self.find(schema, m.group("key"))
             ref = row.get(fname) if row else None
@@ -479,6 +593,25 @@ class AdminApp:
             return AdminResponse.json(200, await store.update(parent.name, updated))
 
         return handler
+
+
+_TAG = re.compile(r"^[\x21-\x2b\x2d-\x2e\x30-\x7e\x80-\U0010ffff]+$")  # no ",", "/", spaces
+
+
+def _encode_tag_offset(key: tuple[str, str, str]) -> str:
+    raw = json.dumps(list(key), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_tag_offset(offset: str) -> tuple[str, str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(offset + "=" * (-len(offset) % 4))
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        value = None
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+        raise EntityError(ErrorCode.INVALID_OFFSET, f"'{offset}' is not a valid offset")
+    return value[0], value[1], value[2]
 
 
 def _status_for(exc: EntityError) -> int:

@@ -18,6 +18,10 @@ from gateway._forms import parse_multipart
 from gateway.schema import Array, Boolean, Field, Foreign, Integer, Map, Number, Record
 
 _INDEX = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<index>\d*)\]$")
+#: The largest ``name[N]`` index a form may use (a bigger one would allocate a huge list).
+MAX_FORM_INDEX = 1000
+#: The most fields a form body may have.
+MAX_FORM_FIELDS = 10_000
 
 
 class BodyError(Exception):
@@ -37,6 +41,8 @@ def decode_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], 
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise BodyError(400, "Cannot parse JSON body") from None
+        except RecursionError:
+            raise BodyError(400, "Cannot parse JSON body: nested too deeply") from None
         if not isinstance(data, dict):
             raise BodyError(400, "Cannot parse JSON body: expected an object")
         return data, False
@@ -45,7 +51,13 @@ def decode_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], 
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise BodyError(400, "Cannot parse form body: not UTF-8") from None
-        return nest_form(parse_qsl(text, keep_blank_values=True)), True
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        except ValueError:
+            raise BodyError(
+                400, f"Cannot parse form body: more than {MAX_FORM_FIELDS} fields"
+            ) from None
+        return nest_form(pairs), True
     if ctype == "multipart/form-data":
         return nest_form(_multipart(content_type or "", body)), True
     raise BodyError(415, f"Unsupported Content-Type: {ctype}")
@@ -73,6 +85,10 @@ def nest_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
                 node[name] = seq
             if m.group("index"):
                 idx = int(m.group("index")) - 1
+                if not 0 <= idx < MAX_FORM_INDEX:
+                    raise BodyError(
+                        400, f"Cannot parse form body: index of '{key}' not in 1..{MAX_FORM_INDEX}"
+                    )
                 while len(seq) <= idx:
                     seq.append(None)
                 seq[idx] = value
@@ -133,7 +149,12 @@ def _coerce(field: Field, value: Any) -> Any:
 
 
 def _multipart(content_type: str, body: bytes) -> list[tuple[str, str]]:
-    pairs = parse_multipart(content_type, body)
+    try:
+        pairs = parse_multipart(content_type, body)
+    except (ValueError, LookupError, UnicodeError):
+        pairs = None
     if pairs is None:
         raise BodyError(400, "Cannot parse multipart body")
+    if len(pairs) > MAX_FORM_FIELDS:
+        raise BodyError(400, f"Cannot parse multipart body: more than {MAX_FORM_FIELDS} fields")
     return pairs

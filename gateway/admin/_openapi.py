@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway._version import __version__
 from gateway.admin._app import AdminApp
+from gateway.admin._meta import route_path
 from gateway.schema import (
     Array,
     Boolean,
@@ -31,11 +32,13 @@ _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 
 _ERROR = {
     "type": "object",
+    "description": "Kong's error body; entity errors have code, name and fields too",
     "properties": {
         "message": {"type": "string"},
         "name": {"type": "string"},
         "code": {"type": "integer"},
         "fields": {"type": "object"},
+        "flattened_errors": {"type": "array", "items": {"type": "object"}},
     },
     "required": ["message"],
 }
@@ -91,53 +94,139 @@ def entity_schema(schema: EntitySchema) -> dict[str, Any]:
     }
 
 
-def _responses(ok: str, ref: str | None) -> dict[str, Any]:
-    body = {"$ref": ref} if ref else {"type": "object"}
-    err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    out: dict[str, Any] = {ok: {"description": "success"}}
+_QUERY = [
+    {
+        "name": "size",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "description": "page size",
+    },
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "the opaque 'offset' of the previous page",
+    },
+    {
+        "name": "tags",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "'a,b': entities with every tag; 'a/b': entities with any of them",
+    },
+]
+
+_ERRORS = {
+    "400": "invalid input: bad body, schema violation, foreign key violation, bad size/offset",
+    "404": "no such entity or path",
+    "405": "method not allowed (or writes on a node without a database)",
+    "409": "unique or primary key violation",
+    "413": "body larger than the limit",
+    "415": "unsupported Content-Type",
+}
+
+_BODY_TYPES = (
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+)
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _page(ref: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": {"$ref": ref}},
+            "next": {"type": ["string", "null"]},
+            "offset": {"type": "string"},
+        },
+        "required": ["data", "next"],
+    }
+
+
+def _operation(method: str, path: str, ref: str | None, params: list[str]) -> dict[str, Any]:
+    is_item = path.endswith("}") and ref is not None
+    is_list = ref is not None and not is_item and method == "GET"
+    ok = {"POST": "201", "DELETE": "204"}.get(method, "200") if ref else "200"
+    if ref is None and method == "POST" and path == "/config":
+        ok = "201"
+    out: dict[str, Any] = {"operationId": _operation_id(method, path)}
+    responses: dict[str, Any] = {ok: {"description": "success"}}
     if ok != "204":
-        out[ok]["content"] = {"application/json": {"schema": body}}
-    out["400"] = {"description": "invalid input", **err}
-    out["404"] = {"description": "not found", **err}
+        if is_list:
+            body = _page(ref or "")
+        elif ref is not None:
+            body = {"$ref": ref}
+        else:
+            body = {"type": "object"}
+        responses[ok]["content"] = _json(body)
+    codes = ["400", "404", "405"]
+    if method in ("POST", "PUT", "PATCH"):
+        codes += ["409", "413", "415"] if ref else ["413", "415"]
+    for code in codes:
+        responses[code] = {"$ref": f"#/components/responses/Error{code}"}
+    out["responses"] = responses
+    parameters: list[dict[str, Any]] = [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params
+    ]
+    if is_list:
+        parameters += _QUERY
+    if parameters:
+        out["parameters"] = parameters
+    if method in ("POST", "PUT", "PATCH"):
+        schema: dict[str, Any] = {"$ref": ref} if ref else {"type": "object"}
+        content = _json(schema)
+        for media in _BODY_TYPES:
+            content[media] = {"schema": {"type": "object"}}
+        out["requestBody"] = {"content": content}
     return out
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w.strip("{}").replace("-", "_") for w in path.split("/") if w]
+    return method.lower() + "_" + ("_".join(words) or "root")
 
 
 def build_openapi(app: AdminApp) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     by_path = {s.admin_path: s for s in app.schemas.values()}
+    by_path["key-auth"] = app.schemas["keyauth_credentials"]
     for route in app._routes:
-        raw = route.pattern.pattern.removeprefix("^").removesuffix("/?$")
-        raw = raw.replace("\\", "")
-        path = "/" + _GROUP.sub(lambda m: "{" + m.group(1) + "}", raw)
-        params = [
-            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-            for n in _GROUP.findall(raw)
-        ]
+        path = route_path(route.pattern.pattern)
+        params = _GROUP.findall(route.pattern.pattern)
         segments = [s for s in path.split("/") if s and not s.startswith("{")]
-        schema = by_path.get(segments[-1]) if segments else None
+        last = segments[-1] if segments else ""
+        schema = by_path.get("targets" if path.endswith("/targets/all") else last)
+        if segments[:1] in (["schemas"], ["tags"], ["clustering"]) or last == "enabled":
+            schema = None  # meta endpoints whose last word happens to name an entity
         ref = f"#/components/schemas/{schema.name}" if schema else None
-        ops: dict[str, Any] = {}
-        for method in sorted(route.handlers):
-            status = {"POST": "201", "DELETE": "204"}.get(method, "200")
-            op: dict[str, Any] = {"responses": _responses(status, ref)}
-            if params:
-                op["parameters"] = params
-            if method in ("POST", "PUT", "PATCH") and ref:
-                op["requestBody"] = {
-                    "content": {
-                        "application/json": {"schema": {"$ref": ref}},
-                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-                    }
-                }
-            ops[method.lower()] = op
+        ops = {
+            method.lower(): _operation(method, path, ref, params)
+            for method in sorted(route.handlers)
+        }
         paths.setdefault(path, {}).update(ops)
     components = {name: entity_schema(s) for name, s in sorted(app.schemas.items())}
     components["Error"] = _ERROR
     return {
         "openapi": "3.1.0",
-        "info": {"title": "trio-gateway Admin API", "version": __version__},
+        "info": {
+            "title": "trio-gateway Admin API",
+            "version": __version__,
+            "description": "Kong Gateway 3.x compatible Admin API. See admin-api.md.",
+        },
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "responses": {
+                f"Error{code}": {
+                    "description": text,
+                    "content": _json({"$ref": "#/components/schemas/Error"}),
+                }
+                for code, text in _ERRORS.items()
+            },
+        },
     }
 
 

@@ -28,6 +28,8 @@ App = Callable[[AdminRequest], Awaitable[AdminResponse]]
 _RECV = 16 * 1024
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _IDLE_TIMEOUT = 60.0
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 4 * 1024 * 1024
 
 
 async def serve_http(
@@ -60,6 +62,7 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, *, max_body: int,
             request, body, error = await _read_request(conn, stream, max_body)
             if error is not None:
                 await _send(conn, stream, error, close=True)
+                await _linger(stream)
                 return
             if request is None:
                 return
@@ -82,6 +85,21 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, *, max_body: int,
         with trio.move_on_after(1) as scope:
             scope.shield = True
             await stream.aclose()
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After an error answer: stop sending, then read and drop what the client still sends
+    for a moment. Closing with unread data makes the kernel send a reset, and the client
+    may then never see the 413 or 400 it was sent (nginx's lingering close)."""
+    if isinstance(stream, trio.SocketStream):
+        await stream.send_eof()
+    dropped = 0
+    with trio.move_on_after(_LINGER_SECONDS):
+        while dropped < _LINGER_BYTES:
+            data = await stream.receive_some(_RECV)
+            if not data:
+                break
+            dropped += len(data)
 
 
 async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | type[h11.PAUSED]:
@@ -148,6 +166,7 @@ def _to_admin_request(request: h11.Request, body: bytes) -> AdminRequest:
         query=tuple(parse_qsl(parts.query, keep_blank_values=True)),
         headers=headers,
         body=body,
+        raw_path=parts.path or "/",
     )
 
 
