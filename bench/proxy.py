@@ -1,0 +1,421 @@
+"""Proxy throughput: nginx as the upstream and as the reference proxy, wrk as the client.
+
+Measures, in one run and on the same machine:
+
+* the nginx upstream directly (the ceiling);
+* nginx as a reverse proxy (1 worker, keep-alive upstream pool) -- the reference;
+* this gateway with 1 and N worker processes, for
+  (a) one route and no plugins, and
+  (b) 100 routes with key-auth and rate-limiting on the matched route;
+* the RSS of a worker with 10,000 routes loaded.
+
+It prints req/s, p50 and p99 latency and the ratios gateway / nginx-proxy. See
+bench/README.md (needs the Debian packages ``nginx`` and ``wrk``).
+
+    python bench/proxy.py [--duration 10] [--connections 50] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+NGINX_UPSTREAM = """
+worker_processes 1;
+daemon off;
+pid {dir}/upstream.pid;
+error_log {dir}/upstream-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "hello world\\n"; }}
+  }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+API_KEY = "bench-key"
+
+
+PIN: dict[str, list[str]] = {"proxy": [], "load": []}
+
+
+def setup_pinning(enabled: bool) -> None:
+    """On >= 2 CPUs: the proxy under test (nginx or 1 gateway worker) on CPU 0, the
+    upstream and wrk on the others, so each proxy gets the same core whatever else runs."""
+    cpus = os.cpu_count() or 1
+    if enabled and cpus >= 2 and shutil.which("taskset"):
+        PIN["proxy"] = ["taskset", "-c", "0"]
+        PIN["load"] = ["taskset", "-c", f"1-{cpus - 1}"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+# -- the gateway side (run in a child process) --------------------------------------------
+
+
+def build_config(upstream_port: int, case: str, routes: int) -> dict[str, Any]:
+    from gateway.plugins import get_plugin
+
+    def uid() -> str:
+        return str(uuid.uuid4())
+
+    svc = {
+        "id": uid(),
+        "name": "bench",
+        "protocol": "http",
+        "host": "127.0.0.1",
+        "port": upstream_port,
+        "path": None,
+        "retries": 5,
+        "connect_timeout": 60000,
+        "write_timeout": 60000,
+        "read_timeout": 60000,
+        "enabled": True,
+    }
+
+    def route(path: str) -> dict[str, Any]:
+        return {
+            "id": uid(),
+            "name": None,
+            "protocols": ["http", "https"],
+            "methods": None,
+            "hosts": None,
+            "paths": [path],
+            "headers": None,
+            "snis": None,
+            "https_redirect_status_code": 426,
+            "regex_priority": 0,
+            "strip_path": False,
+            "path_handling": "v0",
+            "preserve_host": False,
+            "request_buffering": True,
+            "response_buffering": True,
+            "service": {"id": svc["id"]},
+        }
+
+    all_routes = [route(f"/r{i}") for i in range(routes - 1)] + [route("/")]
+    config: dict[str, Any] = {"_format_version": "3.0", "services": [svc], "routes": all_routes}
+    if case == "b":
+        matched = all_routes[-1]
+        consumer = {"id": uid(), "username": "bench", "custom_id": None}
+        plugins = []
+        for name, conf in (
+            ("key-auth", {}),
+            ("rate-limiting", {"second": 10**9, "policy": "local"}),
+        ):
+            cls = get_plugin(name)
+            if cls is None:
+                print(f"note: plugin {name} is not available; running without it", file=sys.stderr)
+                continue
+            validated, error = cls.config_schema.validate(conf)
+            assert error is None, error
+            plugins.append(
+                {
+                    "id": uid(),
+                    "name": name,
+                    "instance_name": None,
+                    "config": validated,
+                    "enabled": True,
+                    "protocols": ["grpc", "grpcs", "http", "https"],
+                    "route": {"id": matched["id"]},
+                    "service": None,
+                    "consumer": None,
+                }
+            )
+        config["plugins"] = plugins
+        config["consumers"] = [consumer]
+        config["keyauth_credentials"] = [
+            {"id": uid(), "consumer": {"id": consumer["id"]}, "key": API_KEY, "ttl": None}
+        ]
+    return config
+
+
+def serve_gateway(args: argparse.Namespace) -> None:
+    import trio
+
+    from gateway.proxy import ProxyOptions, ProxyState, compile_config, serve_proxy
+    from gateway.proxy._workers import serve_workers
+    from gateway.settings import ListenAddress
+
+    class BenchSettings:
+        proxy_listen = (ListenAddress(host="127.0.0.1", port=args.port, backlog=4096),)
+        worker_processes = args.workers
+
+    config = build_config(args.upstream, args.case, args.routes)
+    options = ProxyOptions(backend=args.backend)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                if args.workers == 1:
+                    state = ProxyState(compile_config(config, version=1))
+                    await nursery.start(
+                        lambda task_status: serve_proxy(
+                            BenchSettings(), state, options=options, task_status=task_status
+                        )
+                    )
+                else:
+                    pool = await nursery.start(
+                        lambda task_status: serve_workers(
+                            BenchSettings(),
+                            config,
+                            workers=args.workers,
+                            options=options,
+                            task_status=task_status,
+                        )
+                    )
+                    await pool.wait_applied(1)
+                    print("pids", *pool.pids, flush=True)
+                print("ready", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+def parse_latency(text: str) -> float:
+    value = float(re.match(r"[\d.]+", text).group(0))  # type: ignore[union-attr]
+    if text.endswith("us"):
+        return value / 1000
+    if text.endswith("ms"):
+        return value
+    if text.endswith("s"):
+        return value * 1000
+    return value
+
+
+def run_wrk(url: str, args: argparse.Namespace, headers: list[str] = ()) -> dict[str, float]:  # type: ignore[assignment]
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(
+        [*PIN["load"], *cmd, url], capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = parse_latency(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = parse_latency(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Gateway:
+    def __init__(
+        self, args: argparse.Namespace, upstream: int, case: str, workers: int, routes: int
+    ):
+        self.port = free_port()
+        pin = PIN["proxy"] if workers == 1 else []
+        self.proc = subprocess.Popen(
+            [
+                *pin,
+                sys.executable,
+                __file__,
+                "--serve-gateway",
+                "--port",
+                str(self.port),
+                "--upstream",
+                str(upstream),
+                "--case",
+                case,
+                "--workers",
+                str(workers),
+                "--routes",
+                str(routes),
+                "--backend",
+                args.backend,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pids = [self.proc.pid]
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("pids"):
+                self.pids = [int(p) for p in line.split()[1:]]
+            if line.startswith("ready"):
+                break
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--backend", default="fast", choices=("h11", "httptools", "fast"))
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--case", default="a", help=argparse.SUPPRESS)
+    parser.add_argument("--routes", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_gateway:
+        serve_gateway(args)
+        return
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install -y nginx wrk")
+
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    up_port, px_port = free_port(), free_port()
+    (tmp / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=tmp, port=up_port))
+    (tmp / "proxy.conf").write_text(NGINX_PROXY.format(dir=tmp, port=px_port, upstream=up_port))
+    setup_pinning(not args.no_pin)
+    nginx = [
+        subprocess.Popen([*PIN[role], "nginx", "-p", str(tmp), "-c", str(tmp / name)])
+        for name, role in (("upstream.conf", "load"), ("proxy.conf", "proxy"))
+    ]
+    results: list[tuple[str, dict[str, float]]] = []
+    try:
+        wait_port(up_port)
+        wait_port(px_port)
+        results.append(("nginx upstream (direct)", run_wrk(f"http://127.0.0.1:{up_port}/", args)))
+        reference = run_wrk(f"http://127.0.0.1:{px_port}/", args)
+        results.append(("nginx reverse proxy, 1 worker", reference))
+        for case, routes, label in (
+            ("a", 1, "(a) 1 route, no plugins"),
+            ("b", 100, "(b) 100 routes, key-auth + rate-limiting"),
+        ):
+            for workers in sorted({1, args.workers}):
+                gw = Gateway(args, up_port, case, workers, routes)
+                try:
+                    headers = [f"apikey: {API_KEY}"] if case == "b" else []
+                    check = subprocess.run(
+                        [
+                            "curl",
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}",
+                            *(x for h in headers for x in ("-H", h)),
+                            f"http://127.0.0.1:{gw.port}/",
+                        ],
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                    assert check == "200", f"gateway answered {check}"
+                    results.append(
+                        (
+                            f"gateway {label}, {workers} worker(s)",
+                            run_wrk(f"http://127.0.0.1:{gw.port}/", args, headers),
+                        )
+                    )
+                finally:
+                    gw.stop()
+        gw = Gateway(args, up_port, "a", 1, 10_000)
+        try:
+            rss_10k = rss_kib(gw.pids[0])
+        finally:
+            gw.stop()
+    finally:
+        for proc in nginx:
+            proc.send_signal(signal.SIGQUIT)
+            proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ref_rps, ref_p99 = reference["rps"], reference["p99"]
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"Python {platform.python_version()}"
+    )
+    pinning = "proxy on CPU 0, upstream + wrk on the others" if PIN["proxy"] else "none"
+    print(
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
+        f"parser backend {args.backend}; pinning: {pinning}; load average before: "
+        f"{load_before}\n"
+    )
+    print(
+        f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+        f"| {'x nginx req/s':>13} | {'x nginx p99':>11} |"
+    )
+    print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 15}|{'-' * 13}|")
+    for name, r in results:
+        print(
+            f"| {name:<58} | {r['rps']:>9.0f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} | "
+            f"{r['rps'] / ref_rps:>13.2f} | {r['p99'] / ref_p99:>11.2f} |"
+        )
+        if r["errors"]:
+            print(f"  ({r['errors']:.0f} non-2xx responses)")
+    print(f"\nRSS of one gateway worker with 10,000 routes loaded: {rss_10k / 1024:.1f} MiB")
+    if args.json:
+        print(json.dumps({"results": results, "rss_10k_kib": rss_10k}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

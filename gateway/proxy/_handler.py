@@ -1,0 +1,1061 @@
+"""One proxied request, from the client's head to the log phase.
+
+Theory of operation (one task per client connection, requests in order):
+
+1. ``state.current`` is read once: the whole request runs on that config version.
+2. Global ``rewrite`` plugins, then the router. No route -> 404; an https-only route over
+   http -> its ``https_redirect_status_code``; a route without service -> 503.
+3. The plugin plan for (route, service) and the ``access`` phase (``_pipeline`` explains the
+   consumer re-resolution). ``ctx.exit`` -> that response; a plugin exception -> 500.
+4. The upstream leg: a target (balancer or the service host), a pooled or new connection,
+   our own framing and hop-by-hop stripping, the request body streamed with backpressure
+   (or the body a plugin buffered or replaced). Connect failures are retried up to
+   ``service.retries`` on other targets; a failure on a reused connection is retried only
+   for idempotent requests whose body we still have and before any response byte.
+5. The response head goes through ``header_filter``; the body is streamed (``body_filter``
+   per chunk) with the client's framing chosen by us. ``log`` runs at the end.
+
+Timeouts are the service's ``connect_timeout``, ``write_timeout`` (between two successful
+writes) and ``read_timeout`` (between two successful reads), in milliseconds, as nginx.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import trio
+
+from gateway._version import __version__
+from gateway.http import (
+    END,
+    LAST_CHUNK,
+    NEED_DATA,
+    Backend,
+    HeaderList,
+    HttpError,
+    Limits,
+    RequestHead,
+    ResponseHead,
+    ServerConnection,
+    encode_chunk,
+    encode_request_head,
+    encode_response_head,
+    make_response_parser,
+)
+from gateway.http._io import receive, send_all
+from gateway.plugins import (
+    ClientRequest,
+    Context,
+    ExitResponse,
+    Headers,
+    Plugin,
+    Response,
+    ServiceRequest,
+)
+from gateway.proxy._balancer import Balancer, TargetAddress, hash_key_for
+from gateway.proxy._errors import UpstreamFailure, error_body
+from gateway.proxy._pipeline import EMPTY_PLAN, PluginPlan
+from gateway.proxy._pool import ConnectionPool, UpstreamConnection, connect_upstream
+from gateway.proxy._router import RouteMatch
+from gateway.proxy._state import CompiledConfig, ProxyState
+
+__all__ = ["ProxyHandler", "ProxyOptions"]
+
+log = logging.getLogger("gateway.proxy")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+VIA = f"1.1 gateway/{__version__}".encode()
+SERVER = f"gateway/{__version__}".encode()
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+FLUSH_AT = 64 * 1024
+
+# Never forwarded as received: hop-by-hop (RFC 9110 7.6.1), framing (we set it), and the
+# headers we compute ourselves.
+_REQUEST_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"expect",
+        b"x-real-ip",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-path",
+        b"x-forwarded-prefix",
+    }
+)
+_RESPONSE_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+_FORWARDED = (
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-path",
+    b"x-forwarded-prefix",
+)
+
+
+class ClientFailure(Exception):
+    """The client broke its request body while we were forwarding it (re-raised as is)."""
+
+    def __init__(self, error: HttpError | trio.TooSlowError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class ProxyOptions:
+    """What the proxy takes from settings (kong.conf names), with Kong's defaults."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend = "fast",
+        limits: Limits | None = None,
+        trusted_ips: Sequence[Network] = (),
+        real_ip_header: str = "X-Real-IP",
+        real_ip_recursive: bool = False,
+        client_max_body_size: int = 0,
+        headers: Sequence[str] = ("server_tokens", "latency_tokens"),
+        pool_size: int = 512,
+        pool_max_requests: int = 10000,
+        pool_idle_timeout: float = 60.0,
+        client_header_timeout: float = 60.0,
+        client_body_timeout: float = 60.0,
+        keepalive_timeout: float = 60.0,
+    ) -> None:
+        self.backend: Backend = backend
+        self.limits = limits or Limits()
+        self.upstream_limits = Limits(max_header_bytes=64 * 1024, max_headers=200)
+        self.trusted_ips = tuple(trusted_ips)
+        self.trust_all = any(n.prefixlen == 0 for n in self.trusted_ips)
+        self.real_ip_header = real_ip_header.lower().encode("latin-1")
+        self.real_ip_recursive = real_ip_recursive
+        self.client_max_body_size = client_max_body_size
+        names = {h.lower() for h in headers}
+        self.via = bool(names & {"server_tokens", "via", "server"})
+        self.latency = bool(
+            names
+            & {
+                "latency_tokens",
+                "x-gateway-upstream-latency",
+                "x-gateway-proxy-latency",
+                "x-kong-upstream-latency",
+                "x-kong-proxy-latency",
+            }
+        )
+        self.pool_size = pool_size
+        self.pool_max_requests = pool_max_requests
+        self.pool_idle_timeout = pool_idle_timeout
+        self.client_header_timeout = client_header_timeout
+        self.client_body_timeout = client_body_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self._trusted_cache: dict[str, bool] = {}
+
+    @classmethod
+    def from_settings(cls, settings: object, **overrides: Any) -> ProxyOptions:
+        g = getattr
+        header_buffers = g(settings, "large_client_header_buffers", (4, 8192))
+        kwargs: dict[str, Any] = {
+            "backend": g(settings, "proxy_http_parser", "fast"),
+            "limits": Limits(
+                max_request_line=int(header_buffers[1]),
+                max_header_bytes=max(int(header_buffers[0]) * int(header_buffers[1]), 16384),
+            ),
+            "trusted_ips": tuple(g(settings, "trusted_ips", ())),
+            "real_ip_header": g(settings, "real_ip_header", "X-Real-IP"),
+            "real_ip_recursive": bool(g(settings, "real_ip_recursive", False)),
+            "client_max_body_size": int(g(settings, "client_max_body_size", 0)),
+            "headers": tuple(g(settings, "headers", ("server_tokens", "latency_tokens"))),
+            "pool_size": int(g(settings, "upstream_keepalive_pool_size", 512)),
+            "pool_max_requests": int(g(settings, "upstream_keepalive_max_requests", 10000)),
+            "pool_idle_timeout": float(g(settings, "upstream_keepalive_idle_timeout", 60.0)),
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def is_trusted(self, ip: str) -> bool:
+        if self.trust_all:
+            return True
+        if not self.trusted_ips:
+            return False
+        known = self._trusted_cache.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in net for net in self.trusted_ips)
+            if len(self._trusted_cache) > 4096:
+                self._trusted_cache.clear()
+            self._trusted_cache[ip] = known
+        return known
+
+
+class _LazyHeaders(Mapping[str, str]):
+    """The request headers as the router's mapping, decoded only if a route needs them."""
+
+    __slots__ = ("_dict", "_raw")
+
+    def __init__(self, raw: HeaderList) -> None:
+        self._raw = raw
+        self._dict: dict[str, str] | None = None
+
+    def _d(self) -> dict[str, str]:
+        if self._dict is None:
+            d: dict[str, str] = {}
+            for k, v in self._raw:
+                name = k.decode("latin-1")
+                value = v.decode("latin-1")
+                d[name] = f"{d[name]}, {value}" if name in d else value
+            self._dict = d
+        return self._dict
+
+    def __getitem__(self, key: str) -> str:
+        return self._d()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _header(raw: HeaderList, name: bytes) -> bytes | None:
+    for k, v in raw:
+        if k == name:
+            return v
+    return None
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def _raw_headers(headers: Headers) -> HeaderList:
+    """Plugin-visible headers back to bytes, refusing what would break the framing."""
+    out: HeaderList = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    # two regex scans over everything rather than two per header
+    names = b"".join([k for k, _ in out])
+    values = b"".join([v for _, v in out])
+    if _BAD_NAME.search(names) or _BAD_VALUE.search(values) or not all(k for k, _ in out):
+        raise ValueError("invalid header set by a plugin")
+    return out
+
+
+def _encode_body(body: bytes | str | Mapping[str, Any] | None) -> tuple[bytes, bool]:
+    if body is None:
+        return b"", False
+    if isinstance(body, bytes):
+        return body, False
+    if isinstance(body, str):
+        return body.encode("utf-8"), False
+    return json.dumps(body, separators=(",", ":")).encode("utf-8"), True
+
+
+class _Exchange:
+    """Per-request values shared by the steps of ``ProxyHandler``."""
+
+    __slots__ = (
+        "body",
+        "cfg",
+        "client_ip",
+        "ctx",
+        "forwarded_ip",
+        "head",
+        "match",
+        "path",
+        "plan",
+        "query",
+        "scheme",
+        "started",
+        "trusted",
+        "upstream_latency",
+        "upstream_started",
+        "ws",
+    )
+
+    def __init__(self, cfg: CompiledConfig, head: RequestHead, started: float) -> None:
+        self.cfg = cfg
+        self.head = head
+        self.started = started
+        self.ctx: Context | None = None
+        self.plan: PluginPlan = EMPTY_PLAN
+        self.match: RouteMatch | None = None
+        self.body: bytes | None = None
+        self.upstream_started = 0.0
+        self.upstream_latency = 0
+        self.path = ""
+        self.query = ""
+        self.scheme = "http"
+        self.client_ip = ""
+        self.forwarded_ip = ""
+        self.trusted = False
+        self.ws = False
+
+
+class ProxyHandler:
+    """The ``gateway.http`` handler of the proxy listeners."""
+
+    def __init__(self, state: ProxyState, options: ProxyOptions, pool: ConnectionPool) -> None:
+        self.state = state
+        self.options = options
+        self.pool = pool
+
+    # -- entry ------------------------------------------------------------------------------
+    async def __call__(self, conn: ServerConnection, head: RequestHead) -> None:
+        ex = _Exchange(self.state.current, head, time.perf_counter())
+        target = head.target
+        q = target.find("?")
+        if q < 0:
+            ex.path = target
+        else:
+            ex.path, ex.query = target[:q], target[q + 1 :]
+        upgrade = head.upgrade
+        ex.ws = upgrade is not None and upgrade.lower() == "websocket"
+        scheme = conn.info.scheme
+        ex.scheme = ("wss" if scheme == "https" else "ws") if ex.ws else scheme
+        self._client_address(conn, ex)
+        limit = self.options.client_max_body_size
+        if limit and head.content_length is not None and head.content_length > limit:
+            await self._error(conn, ex, 413, "Request size limit exceeded")
+            return
+        try:
+            await self._run(conn, ex)
+        except ClientFailure as failure:
+            conn.keep_alive = False
+            raise failure.error from None
+        except ExitResponse as exit_:
+            await self._exit(conn, ex, exit_)
+        except UpstreamFailure as failure:
+            await self._error(conn, ex, failure.status, failure.message)
+        except (HttpError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception:
+            log.exception("error while proxying %s %s", head.method, head.target)
+            conn.keep_alive = False
+            if not conn.response_started:
+                await self._error(conn, ex, 500, "An unexpected error occurred")
+        finally:
+            self._log_phase(ex)
+
+    def _client_address(self, conn: ServerConnection, ex: _Exchange) -> None:
+        ip = conn.info.client_ip
+        ex.client_ip = ex.forwarded_ip = ip
+        opts = self.options
+        if not opts.trusted_ips or not opts.is_trusted(ip):
+            return
+        ex.trusted = True
+        value = _header(ex.head.headers, opts.real_ip_header)
+        if not value:
+            return
+        candidates = [a.strip() for a in value.decode("latin-1").split(",") if a.strip()]
+        if opts.real_ip_recursive:
+            for addr in reversed(candidates):
+                if not opts.is_trusted(addr):
+                    break
+        else:
+            addr = candidates[-1] if candidates else ""
+        if addr and _valid_ip(addr):
+            ex.forwarded_ip = addr
+
+    # -- plugins ----------------------------------------------------------------------------
+    def _context(self, conn: ServerConnection, ex: _Exchange) -> Context:
+        head = ex.head
+        host, _, port_text = (
+            head.host.rpartition(":") if "]" not in head.host[-1:] else ("", "", "")
+        )
+        if not host or not port_text.isdigit():
+            host, port = head.host, conn.info.server_port
+        else:
+            port = int(port_text)
+        headers = Headers.from_raw(head.headers)
+        request = ClientRequest(
+            method=head.method,
+            scheme=ex.scheme,
+            host=host.lower(),
+            port=port,
+            path=ex.path,
+            raw_query=ex.query,
+            headers=headers,
+            client_ip=ex.client_ip,
+            forwarded_ip=ex.forwarded_ip,
+        )
+        query: list[tuple[str, str | None]] = []
+        if ex.query:
+            for part in ex.query.split("&"):
+                name, eq, value = part.partition("=")
+                query.append((name, value if eq else None))
+        service_request = ServiceRequest(
+            method=head.method, path=ex.path, query=query, headers=Headers(headers.items())
+        )
+        ctx = Context(
+            request=request,
+            service_request=service_request,
+            entities=ex.cfg.entities,
+            route=None,
+            service=None,
+            now=time.time(),
+        )
+
+        async def read_body(limit: int) -> bytes:
+            if ex.body is not None:
+                if len(ex.body) > limit:
+                    ctx.exit(413, {"message": "Request size limit exceeded"})
+                return ex.body
+            if head.content_length is not None and head.content_length > limit:
+                ctx.exit(413, {"message": "Request size limit exceeded"})
+            parts: list[bytes] = []
+            size = 0
+            while True:
+                chunk = await conn.receive_body()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    conn.keep_alive = False
+                    ctx.exit(413, {"message": "Request size limit exceeded"})
+                parts.append(chunk)
+            ex.body = b"".join(parts)
+            return ex.body
+
+        ctx._body_reader = read_body
+        return ctx
+
+    async def _run(self, conn: ServerConnection, ex: _Exchange) -> None:
+        cfg = ex.cfg
+        head = ex.head
+        plugins = cfg.plugins
+        if plugins.rewrite:
+            ctx = ex.ctx = self._context(conn, ex)
+            for plugin in plugins.rewrite:
+                if plugins.applies(plugin, ex.scheme):
+                    await plugin.rewrite(ctx)
+        match = cfg.router.match(
+            head.method, head.host, ex.path, _LazyHeaders(head.headers), conn.info.sni, ex.scheme
+        )
+        if match is None:
+            await self._error(conn, ex, 404, "no Route matched with those values")
+            return
+        ex.match = match
+        if match.redirect_status is not None:
+            await self._redirect(conn, ex, match.redirect_status)
+            return
+        service = match.service
+        if service is None:
+            await self._error(conn, ex, 503, "no Service found with those values")
+            return
+        route_id: str | None = match.route.get("id")
+        service_id: str | None = service.get("id")
+        plan = plugins.static_plan(route_id, service_id)
+        if plan is None or plan.instances or ex.ctx is not None:
+            ctx = ex.ctx if ex.ctx is not None else self._context(conn, ex)
+            ex.ctx = ctx
+            ctx.route = match.route
+            ctx.service = service
+            ctx.service_request.path = match.upstream_path
+            ex.plan = await self._access(ctx, ex, plan, route_id, service_id)
+        await self._proxy(conn, ex, match, service)
+
+    async def _access(
+        self,
+        ctx: Context,
+        ex: _Exchange,
+        plan: PluginPlan | None,
+        route_id: str | None,
+        service_id: str | None,
+    ) -> PluginPlan:
+        plugins = ex.cfg.plugins
+        ran: list[Plugin] = []
+        if plan is not None:
+            # the phases after access run for the plugins that were reached (as Kong): on an
+            # exit or an error, only those
+            try:
+                for plugin in plan.instances:
+                    if plugins.applies(plugin, ex.scheme):
+                        ran.append(plugin)
+                        if plugin in plan.access:
+                            await plugin.access(ctx)
+            except BaseException:
+                ex.plan = PluginPlan(ran)
+                raise
+            return plan if len(ran) == len(plan.instances) else PluginPlan(ran)
+        try:
+            for name in plugins.order():
+                consumer = ctx.consumer
+                consumer_id = consumer.get("id") if consumer else None
+                found = plugins.resolve(name, route_id, service_id, consumer_id)
+                if found is None or not plugins.applies(found, ex.scheme):
+                    continue
+                ran.append(found)
+                await found.access(ctx)
+        except BaseException:
+            ex.plan = PluginPlan(ran)
+            raise
+        return PluginPlan(ran)
+
+    def _header_filter(
+        self, ex: _Exchange, status: int, headers: HeaderList, source: str
+    ) -> tuple[int, HeaderList]:
+        ctx = ex.ctx
+        if ctx is None or not ex.plan.header_filter:
+            return status, headers
+        ctx.response = Response(status=status, headers=Headers.from_raw(headers), source=source)
+        for plugin in ex.plan.header_filter:
+            plugin.header_filter(ctx)
+        return ctx.response.status, _raw_headers(ctx.response.headers)
+
+    def _body_filter(self, ex: _Exchange, chunk: bytes, eof: bool) -> bytes:
+        ctx = ex.ctx
+        assert ctx is not None
+        for plugin in ex.plan.body_filter:
+            chunk = plugin.body_filter(ctx, chunk, eof)
+        return chunk
+
+    def _log_phase(self, ex: _Exchange) -> None:
+        ctx = ex.ctx
+        if ctx is None:
+            return
+        for plugin in ex.plan.log:
+            try:
+                plugin.log(ctx)
+            except Exception:
+                log.exception("plugin %s failed in the log phase", plugin.name)
+
+    # -- responses made here ----------------------------------------------------------------
+    def _own_headers(self, ex: _Exchange) -> HeaderList:
+        headers: HeaderList = []
+        if self.options.via:
+            headers.append((b"server", SERVER))
+        if self.options.latency:
+            ms = int((time.perf_counter() - ex.started) * 1000)
+            headers.append((b"x-gateway-response-latency", b"%d" % ms))
+        return headers
+
+    async def _send(
+        self,
+        conn: ServerConnection,
+        ex: _Exchange,
+        status: int,
+        headers: HeaderList,
+        body: bytes,
+        source: str,
+    ) -> None:
+        headers = [*headers, *self._own_headers(ex)]
+        try:
+            status, headers = self._header_filter(ex, status, headers, source)
+            if ex.plan.body_filter:
+                body = self._body_filter(ex, body, True)
+        except Exception:
+            log.exception("plugin failed while filtering a %s response", source)
+            status, headers, body = 500, _json_headers(), error_body("An unexpected error occurred")
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
+        await conn.send_simple(status, headers, body, head_only=ex.head.method == "HEAD")
+
+    async def _error(
+        self, conn: ServerConnection, ex: _Exchange, status: int, message: str
+    ) -> None:
+        await self._send(conn, ex, status, _json_headers(), error_body(message), "error")
+
+    async def _exit(self, conn: ServerConnection, ex: _Exchange, exit_: ExitResponse) -> None:
+        if conn.response_started:
+            conn.keep_alive = False
+            return
+        try:
+            headers = _raw_headers(exit_.headers)
+        except ValueError:
+            log.exception("plugin exit with invalid headers")
+            await self._error(conn, ex, 500, "An unexpected error occurred")
+            return
+        body, is_json = _encode_body(exit_.body)
+        if is_json and not any(k == b"content-type" for k, _ in headers):
+            headers = [*_json_headers(), *headers]
+        await self._send(conn, ex, exit_.status, headers, body, "exit")
+
+    async def _redirect(self, conn: ServerConnection, ex: _Exchange, status: int) -> None:
+        if status == 426:
+            headers = [*_json_headers(), (b"upgrade", b"TLS/1.2, HTTP/1.1")]
+            conn.keep_alive = False
+            await self._send(
+                conn, ex, 426, headers, error_body("Please use HTTPS protocol"), "error"
+            )
+            return
+        host = (
+            ex.head.host.rpartition(":")[0]
+            if ex.head.host.rpartition(":")[2].isdigit()
+            else ex.head.host
+        )
+        location = f"https://{host}{ex.head.target}".encode("latin-1")
+        await self._send(conn, ex, status, [(b"location", location)], b"", "error")
+
+    # -- the upstream leg -------------------------------------------------------------------
+    def _upstream_headers(
+        self, conn: ServerConnection, ex: _Exchange, match: RouteMatch, host_header: bytes
+    ) -> HeaderList:
+        head = ex.head
+        ctx = ex.ctx
+        info = conn.info
+        trusted = ex.trusted
+        # one pass over the client's headers: what Connection names, X-Forwarded-For, and
+        # (from trusted clients) the X-Forwarded-* values to keep
+        connection: bytes | None = None
+        xff: bytes | None = None
+        given: dict[bytes, bytes] = {}
+        for k, v in head.headers:
+            if k == b"connection":
+                connection = v if connection is None else connection + b"," + v
+            elif k == b"x-forwarded-for":
+                xff = v if xff is None else xff + b", " + v
+            elif trusted and k in _FORWARDED:
+                given[k] = v
+        drop = _REQUEST_DROP
+        if connection:
+            drop = drop | {t.strip().lower() for t in connection.split(b",")}
+        raw = _raw_headers(ctx.service_request.headers) if ctx is not None else head.headers
+        out: HeaderList = [(b"host", host_header)]
+        out += [kv for kv in raw if kv[0] not in drop]
+        # as Kong: X-Forwarded-For is always appended to (nginx's proxy_add_x_forwarded_for);
+        # trust only decides whether the other X-Forwarded-* values are kept
+        ip = info.client_ip_bytes
+        forwarded_ip = ip if ex.forwarded_ip == ex.client_ip else ex.forwarded_ip.encode("latin-1")
+        host = head.host
+        if host and host[-1] != "]" and ":" in host:
+            host = host.rpartition(":")[0]
+        out += [
+            (b"x-real-ip", forwarded_ip),
+            (b"x-forwarded-for", xff + b", " + ip if xff else ip),
+            (b"x-forwarded-proto", given.get(b"x-forwarded-proto") or info.scheme_bytes),
+            (b"x-forwarded-host", given.get(b"x-forwarded-host") or host.encode("latin-1")),
+            (b"x-forwarded-port", given.get(b"x-forwarded-port") or info.server_port_bytes),
+            (b"x-forwarded-path", given.get(b"x-forwarded-path") or ex.path.encode("latin-1")),
+        ]
+        prefix = given.get(b"x-forwarded-prefix")
+        if prefix is None and match.strip_path and match.matched_path and match.matched_path != "/":
+            prefix = match.matched_path.encode("latin-1")
+        if prefix is not None:
+            out.append((b"x-forwarded-prefix", prefix))
+        if self.options.via:
+            out.append((b"via", VIA))
+        if ex.ws:
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", b"websocket"))
+        return out
+
+    async def _proxy(
+        self, conn: ServerConnection, ex: _Exchange, match: RouteMatch, service: Mapping[str, Any]
+    ) -> None:
+        cfg = ex.cfg
+        head = ex.head
+        ctx = ex.ctx
+        plan = cfg.service_plan(service)
+        s_host = plan.host
+        s_port = plan.port
+        https = plan.https
+        balancer = plan.balancer
+        method = ctx.service_request.method if ctx is not None else head.method
+        path = ctx.service_request.path if ctx is not None else match.upstream_path
+        query = _encode_query(ctx.service_request.query) if ctx is not None else ex.query
+        target = f"{path}?{query}" if query else path
+        if ctx is not None and ctx.service_request.body is not None:
+            ex.body = ctx.service_request.body
+        connect_timeout = plan.connect_timeout
+        write_timeout = plan.write_timeout
+        read_timeout = plan.read_timeout
+        retries = plan.retries
+        tls_key = plan.tls_key
+        ssl_context = plan.ssl_context
+        hash_key: str | None = None
+        if balancer is not None and (balancer.upstream.get("hash_on") or "none") != "none":
+            hash_key = self._hash_key(ex, balancer, match)
+        tried: list[TargetAddress] = []
+        ex.upstream_started = time.perf_counter()
+        attempt = 0
+        while True:
+            if balancer is not None:
+                picked = balancer.select(hash_key, exclude=tried)
+                if picked is None:
+                    raise UpstreamFailure(503, "failure to get a peer from the ring-balancer")
+                host, port = picked.host, picked.port
+                name = balancer.host_header or s_host
+            else:
+                picked = None
+                host, port, name = s_host, s_port, s_host
+            if match.preserve_host:
+                host_header = head.host.encode("latin-1")
+            else:
+                default_port = 443 if https else 80
+                hh = name if port == default_port else f"{name}:{port}"
+                host_header = hh.encode("latin-1")
+            key = (host, port, tls_key, name if https else None)
+            upstream = self.pool.acquire(key)
+            if upstream is None:
+                try:
+                    stream = await connect_upstream(
+                        host,
+                        port,
+                        ssl_context=ssl_context,
+                        server_hostname=name,
+                        connect_timeout=connect_timeout,
+                    )
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    timeout = isinstance(exc, trio.TooSlowError)
+                    if balancer is not None and picked is not None:
+                        balancer.report(picked, "timeout" if timeout else "tcp_failure")
+                        tried.append(picked)
+                    log.info("connect to %s:%d failed: %r", host, port, exc)
+                    if attempt < retries:
+                        attempt += 1
+                        continue
+                    if timeout:
+                        raise UpstreamFailure(504, "The upstream server is timing out") from None
+                    raise UpstreamFailure(
+                        502, "An invalid response was received from the upstream server"
+                    ) from None
+                upstream = self.pool.new(stream, key)
+            if balancer is not None and picked is not None:
+                balancer.connection_started(picked)
+            try:
+                retry = await self._exchange(
+                    conn,
+                    ex,
+                    upstream,
+                    method,
+                    target,
+                    host_header,
+                    write_timeout,
+                    read_timeout,
+                    balancer,
+                    picked,
+                )
+            finally:
+                if balancer is not None and picked is not None:
+                    balancer.connection_finished(
+                        picked, response_time=time.perf_counter() - ex.upstream_started
+                    )
+            if not retry:
+                return
+            # a stale pooled connection (the only retry _exchange asks for): the target is
+            # not at fault, try again on a fresh or another pooled connection; bounded by
+            # the pool, since the failed connection was discarded
+
+    def _hash_key(self, ex: _Exchange, balancer: Balancer, match: RouteMatch) -> str | None:
+        ctx = ex.ctx
+        consumer = ctx.consumer if ctx is not None else None
+        credential = ctx.credential if ctx is not None else None
+        query: dict[str, list[str]] = {}
+        for part in ex.query.split("&") if ex.query else ():
+            name, _, value = part.partition("=")
+            query.setdefault(name, []).append(value)
+        cookies: dict[str, str] = {}
+        cookie = _header(ex.head.headers, b"cookie")
+        if cookie:
+            for item in cookie.decode("latin-1").split(";"):
+                name, _, value = item.strip().partition("=")
+                cookies[name] = value
+        key, _cookie = hash_key_for(
+            balancer.upstream,
+            consumer_id=consumer.get("id") if consumer else None,
+            credential_id=credential.get("id") if credential else None,
+            client_ip=ex.forwarded_ip,
+            headers=_LazyHeaders(ex.head.headers),
+            cookies=cookies,
+            path=ex.path,
+            query=query,
+            uri_captures=match.uri_captures,
+        )
+        return key
+
+    async def _exchange(
+        self,
+        conn: ServerConnection,
+        ex: _Exchange,
+        upstream: UpstreamConnection,
+        method: str,
+        target: str,
+        host_header: bytes,
+        write_timeout: float,
+        read_timeout: float,
+        balancer: Balancer | None,
+        picked: TargetAddress | None,
+    ) -> bool:
+        """One request/response on ``upstream``. True -> safe to retry elsewhere."""
+        head = ex.head
+        match = ex.match
+        assert match is not None
+        headers = self._upstream_headers(conn, ex, match, host_header)
+        body = ex.body
+        streaming = body is None and not conn.body_done
+        if body is not None:
+            headers.append((b"content-length", b"%d" % len(body)))
+        elif head.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        elif head.content_length is not None:
+            headers.append((b"content-length", b"%d" % head.content_length))
+        stream = upstream.stream
+        replayable = not streaming and method in IDEMPOTENT
+        sent_body = False
+        got_bytes = False
+        parser = make_response_parser(
+            self.options.backend, self.options.upstream_limits, method, upgrade=ex.ws
+        )
+        # The service timeouts apply between two successful operations, as nginx's; the
+        # I/O helpers only pay for a cancel scope when they actually have to wait.
+        ev: Any = None
+        try:
+            data = encode_request_head(method, target, headers)
+            if body:
+                data += body
+            await send_all(stream, data, timeout=write_timeout, slot=conn.slot)
+            if streaming:
+                sent_body = True
+                await self._stream_request_body(conn, head, stream, write_timeout)
+            while True:
+                ev = parser.next_event()
+                if ev is NEED_DATA:
+                    chunk = await receive(
+                        stream, timeout=read_timeout, wait_first=True, slot=conn.slot
+                    )
+                    if chunk:
+                        got_bytes = True
+                    parser.receive_data(chunk)
+                    continue
+                assert isinstance(ev, ResponseHead)
+                if ev.status < 200 and not (ev.status == 101 and ex.ws):
+                    continue
+                break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HttpError) as exc:
+            self.pool.discard(upstream)
+            if upstream.reused and replayable and not sent_body and not got_bytes:
+                return True
+            self._report(balancer, picked, "tcp_failure")
+            log.info("upstream exchange failed: %r", exc)
+            raise UpstreamFailure(
+                502, "An invalid response was received from the upstream server"
+            ) from None
+        except trio.TooSlowError:
+            self.pool.discard(upstream)
+            self._report(balancer, picked, "timeout")
+            raise UpstreamFailure(504, "The upstream server is timing out") from None
+        except BaseException:
+            self.pool.discard(upstream)
+            raise
+        assert isinstance(ev, ResponseHead)
+        ex.upstream_latency = int((time.perf_counter() - ex.upstream_started) * 1000)
+        if balancer is not None and picked is not None:
+            balancer.report(picked, ("http", ev.status))
+        if ev.status == 101:
+            await self._switch(conn, ex, upstream, parser.trailing_data(), ev, read_timeout)
+            return False
+        try:
+            await self._respond(conn, ex, parser, ev, stream, read_timeout)
+        except BaseException:
+            self.pool.discard(upstream)
+            raise
+        self.pool.release(upstream, parser.reusable)
+        return False
+
+    def _report(
+        self, balancer: Balancer | None, picked: TargetAddress | None, outcome: Any
+    ) -> None:
+        if balancer is not None and picked is not None:
+            balancer.report(picked, outcome)
+
+    async def _stream_request_body(
+        self,
+        conn: ServerConnection,
+        head: RequestHead,
+        stream: trio.abc.Stream,
+        write_timeout: float,
+    ) -> None:
+        limit = self.options.client_max_body_size
+        size = 0
+        chunked = head.chunked
+        while True:
+            try:
+                chunk = await conn.receive_body()
+            except (HttpError, trio.TooSlowError) as exc:
+                raise ClientFailure(exc) from exc  # the client's fault, not the upstream's
+            if not chunk:
+                break
+            size += len(chunk)
+            if limit and size > limit:
+                conn.keep_alive = False
+                raise ExitResponse(413, {"message": "Request size limit exceeded"}, Headers())
+            await send_all(
+                stream,
+                encode_chunk(chunk) if chunked else chunk,
+                timeout=write_timeout,
+                slot=conn.slot,
+            )
+        if chunked:
+            await send_all(stream, LAST_CHUNK, timeout=write_timeout, slot=conn.slot)
+
+    async def _respond(
+        self,
+        conn: ServerConnection,
+        ex: _Exchange,
+        parser: Any,
+        resp: ResponseHead,
+        stream: trio.abc.Stream,
+        read_timeout: float,
+    ) -> None:
+        head = ex.head
+        drop = _RESPONSE_DROP
+        connection = _header(resp.headers, b"connection")
+        if connection:
+            drop = drop | {t.strip().lower() for t in connection.split(b",")}
+        headers = [kv for kv in resp.headers if kv[0] not in drop]
+        opts = self.options
+        if opts.via:
+            headers.append((b"via", VIA))
+        if opts.latency:
+            headers.append((b"x-gateway-upstream-latency", b"%d" % ex.upstream_latency))
+            proxy_ms = int((ex.upstream_started - ex.started) * 1000)
+            headers.append((b"x-gateway-proxy-latency", b"%d" % proxy_ms))
+        status = resp.status
+        if ex.ctx is not None and ex.plan.header_filter:
+            status, headers = self._header_filter(ex, status, headers, "service")
+            headers = [
+                kv for kv in headers if kv[0] not in (b"content-length", b"transfer-encoding")
+            ]
+        filtering = bool(ex.plan.body_filter)
+        no_body = head.method == "HEAD" or status in (204, 304) or status < 200
+        chunked = False
+        if no_body:
+            if resp.content_length is not None and status != 204:
+                headers.append((b"content-length", b"%d" % resp.content_length))
+        elif resp.content_length is not None and not filtering:
+            headers.append((b"content-length", b"%d" % resp.content_length))
+        elif head.version == "1.1":
+            headers.append((b"transfer-encoding", b"chunked"))
+            chunked = True
+        else:
+            conn.keep_alive = False
+        if not conn.keep_alive or not conn.body_done:
+            conn.keep_alive = False
+            headers.append((b"connection", b"close"))
+        elif head.version == "1.0":
+            headers.append((b"connection", b"keep-alive"))
+        reason = resp.reason if status == resp.status and resp.reason else None
+        conn.write(encode_response_head(status, reason, headers))
+        try:
+            while True:
+                ev = parser.next_event()
+                if type(ev) is bytes:
+                    if filtering:
+                        ev = self._body_filter(ex, ev, False)
+                    if no_body or not ev:
+                        continue
+                    conn.write(encode_chunk(ev) if chunked else ev)
+                    if conn.buffered >= FLUSH_AT:
+                        await conn.flush()
+                elif ev is END:
+                    break
+                elif ev is NEED_DATA:
+                    await conn.flush()
+                    parser.receive_data(await receive(stream, timeout=read_timeout, slot=conn.slot))
+                else:
+                    break
+        except (HttpError, trio.BrokenResourceError, OSError, trio.TooSlowError) as exc:
+            # the head is gone: all we can do is cut the connection so the client notices
+            log.info("upstream failed in the middle of a response: %r", exc)
+            conn.keep_alive = False
+            await conn.flush()
+            raise trio.BrokenResourceError("upstream response truncated") from exc
+        if filtering:
+            tail = self._body_filter(ex, b"", True)
+            if tail and not no_body:
+                conn.write(encode_chunk(tail) if chunked else tail)
+        if chunked:
+            conn.write(LAST_CHUNK)
+        await conn.flush()
+
+    async def _switch(
+        self,
+        conn: ServerConnection,
+        ex: _Exchange,
+        upstream: UpstreamConnection,
+        upstream_rest: bytes,
+        resp: ResponseHead,
+        read_timeout: float,
+    ) -> None:
+        """101 Switching Protocols: relay bytes both ways until one side closes."""
+        headers = [
+            kv for kv in resp.headers if kv[0] not in (b"content-length", b"transfer-encoding")
+        ]
+        if self.options.via:
+            headers.append((b"via", VIA))
+        conn.write(encode_response_head(101, resp.reason, headers))
+        if upstream_rest:
+            conn.write(upstream_rest)
+        await conn.flush()
+        conn.keep_alive = False
+        client_rest = conn.trailing_data()
+        client = conn.stream
+        remote = upstream.stream
+
+        async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, timeout: float | None) -> None:
+            try:
+                while True:
+                    if timeout is None:
+                        data = await src.receive_some(65536)
+                    else:
+                        with trio.fail_after(timeout):
+                            data = await src.receive_some(65536)
+                    if not data:
+                        break
+                    await dst.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+                pass
+            nursery.cancel_scope.cancel()
+
+        try:
+            if client_rest:
+                await remote.send_all(client_rest)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, remote, None)
+                nursery.start_soon(pump, remote, client, read_timeout)
+        finally:
+            self.pool.discard(upstream)
+            conn.body_done = True
+
+
+def _encode_query(query: Sequence[tuple[str, str | None]]) -> str:
+    return "&".join(name if value is None else f"{name}={value}" for name, value in query)
+
+
+def _json_headers() -> HeaderList:
+    return [(b"content-type", b"application/json; charset=utf-8")]

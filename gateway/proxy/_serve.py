@@ -1,0 +1,233 @@
+"""``serve_proxy``: the proxy listeners of one process.
+
+Task tree (all inside the caller's nursery, which ``serve_proxy`` borrows by running in it):
+
+    serve_proxy
+    ├── accept loop per proxy_listen address    (cancelled first on shutdown)
+    ├── pool sweeper                            (closes idle upstream connections)
+    ├── active health checks of the balancers   (reads state.current each round)
+    └── connections nursery (shielded)          (one task per client connection)
+
+On cancellation the accept loops stop and the listening sockets close, idle keep-alive
+connections are closed, busy ones finish their current response; after ``drain_timeout``
+seconds whatever is left is cancelled. Only then does ``serve_proxy`` return the
+cancellation to its caller.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from gateway.http import ConnectionInfo, ConnectionTracker, Watchdog, serve_connection
+from gateway.proxy._errors import error_body
+from gateway.proxy._handler import ProxyHandler, ProxyOptions
+from gateway.proxy._health import run_health_checks
+from gateway.proxy._pool import ConnectionPool
+from gateway.proxy._state import ProxyState
+from gateway.proxy._tls import listening_context
+
+__all__ = ["ListenSocket", "bind_listen_sockets", "serve_proxy"]
+
+log = logging.getLogger("gateway.proxy")
+
+SWEEP_INTERVAL = 5.0
+
+
+class ListenSocket:
+    """A bound, listening socket and whether it terminates TLS."""
+
+    __slots__ = ("sock", "ssl")
+
+    def __init__(self, sock: socket.socket, ssl: bool) -> None:
+        self.sock = sock
+        self.ssl = ssl
+
+
+def bind_listen_sockets(settings: object) -> list[ListenSocket]:
+    """Bind every ``proxy_listen`` address (used by the supervisor to share them)."""
+    out: list[ListenSocket] = []
+    for addr in getattr(settings, "proxy_listen", ()):
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if addr.reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and addr.ipv6only is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(addr.ipv6only))
+        sock.bind((addr.host, addr.port))
+        sock.listen(addr.backlog or 511)
+        sock.setblocking(False)
+        out.append(ListenSocket(sock, bool(addr.ssl)))
+    return out
+
+
+def _default_pairs(settings: object) -> list[tuple[str, str]]:
+    certs = getattr(settings, "ssl_cert", ()) or ()
+    keys = getattr(settings, "ssl_cert_key", ()) or ()
+    return list(zip(certs, keys, strict=False))
+
+
+async def serve_proxy(
+    settings: Any,
+    state: ProxyState,
+    *,
+    sockets: Sequence[ListenSocket] | None = None,
+    options: ProxyOptions | None = None,
+    drain_timeout: float = 10.0,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve every ``proxy_listen`` address until cancelled (then drain and return).
+
+    ``task_status.started`` receives the bound ``(host, port)`` of each listener (useful
+    with port 0). ``sockets`` replaces binding (worker processes get inherited ones);
+    ``options`` replaces ``ProxyOptions.from_settings(settings)``.
+    """
+    opts = options if options is not None else ProxyOptions.from_settings(settings)
+    listen = list(sockets) if sockets is not None else bind_listen_sockets(settings)
+    pool = ConnectionPool(
+        size=opts.pool_size,
+        max_requests=opts.pool_max_requests,
+        idle_timeout=opts.pool_idle_timeout,
+    )
+    handler = ProxyHandler(state, opts, pool)
+    tls_context: ssl.SSLContext | None = None
+    if any(ls.ssl for ls in listen):
+        tls_context = listening_context(
+            _default_pairs(settings), lambda: state.current.certificates
+        )
+    tracker = ConnectionTracker()
+    watchdog = Watchdog()
+    # the config and everything imported so far live for long: keep them out of the
+    # collector's generations (shorter pauses with large configs)
+    gc.freeze()
+    listeners = [
+        (trio.SocketListener(trio.socket.from_stdlib_socket(ls.sock)), ls.ssl) for ls in listen
+    ]
+    bound = [ls.sock.getsockname()[:2] for ls in listen]
+
+    async def connection(stream: trio.SocketStream, secure: bool) -> None:
+        peer = stream.socket.getpeername()
+        local = stream.socket.getsockname()
+        sni: str | None = None
+        conn_stream: trio.abc.Stream = stream
+        if secure:
+            assert tls_context is not None
+            tls = trio.SSLStream(stream, tls_context, server_side=True)
+            try:
+                with trio.fail_after(opts.client_header_timeout):
+                    await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
+                await trio.aclose_forcefully(stream)
+                return
+            sni = _server_name(tls)
+            conn_stream = tls
+        info = ConnectionInfo(
+            client_ip=str(peer[0]),
+            client_port=int(peer[1]),
+            server_port=int(local[1]),
+            scheme="https" if secure else "http",
+            sni=sni,
+        )
+        await serve_connection(
+            conn_stream,
+            handler,
+            info,
+            backend=opts.backend,
+            limits=opts.limits,
+            render_error=_kong_error,
+            header_timeout=opts.client_header_timeout,
+            keepalive_timeout=opts.keepalive_timeout,
+            body_timeout=opts.client_body_timeout,
+            tracker=tracker,
+            watchdog=watchdog,
+        )
+
+    async def accept_loop(listener: trio.SocketListener, secure: bool, conns: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE and friends: back off, don't die
+                    log.warning("accept failed: %r", exc)
+                    await trio.sleep(0.05)
+                    continue
+                try:
+                    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+                conns.start_soon(connection, stream, secure)
+
+    async def sweeper() -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            pool.sweep()
+
+    async with trio.open_nursery() as outer:
+        conns_scope = trio.CancelScope(shield=True)
+
+        async def run_connections(task_status: trio.TaskStatus[trio.Nursery]) -> None:
+            with conns_scope:
+                async with trio.open_nursery() as conns:
+                    # the watchdog lives as long as connections do (through the drain)
+                    conns.start_soon(watchdog.run)
+                    task_status.started(conns)
+                    await trio.sleep_forever()
+
+        conns: trio.Nursery = await outer.start(run_connections)
+        try:
+            async with trio.open_nursery() as accepting:
+                for listener, secure in listeners:
+                    accepting.start_soon(accept_loop, listener, secure, conns)
+                accepting.start_soon(sweeper)
+                accepting.start_soon(_health_checks, lambda: state.current.balancers)
+                task_status.started([(str(h), int(p)) for h, p in bound])
+                await trio.sleep_forever()
+        finally:
+            # graceful drain: shielded, bounded by drain_timeout
+            with trio.CancelScope(shield=True):
+                tracker.drain()
+                with trio.move_on_after(drain_timeout):
+                    while len(tracker):
+                        await tracker.wait_empty()
+                tracker.cancel_all()
+                conns_scope.cancel()
+                pool.close_all()
+
+
+async def _health_checks(ref: Callable[[], Any]) -> None:
+    try:
+        await run_health_checks(ref)
+    except Exception:
+        log.exception("active health checks stopped")
+
+
+def _server_name(tls: trio.SSLStream[Any]) -> str | None:
+    obj = getattr(tls, "_ssl_object", None)
+    name = getattr(obj, "gateway_sni", None) if obj is not None else None
+    return name if isinstance(name, str) else None
+
+
+def _kong_error(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    return [(b"content-type", b"application/json; charset=utf-8")], error_body(message)
+
+
+def inherited_sockets(env: str = "GATEWAY_PROXY_FDS") -> list[ListenSocket] | None:
+    """Sockets a supervisor passed down: ``GATEWAY_PROXY_FDS=fd:ssl,fd:plain``."""
+    value = os.environ.get(env)
+    if not value:
+        return None
+    out = []
+    for item in value.split(","):
+        fd, _, kind = item.partition(":")
+        sock = socket.socket(fileno=int(fd))
+        sock.setblocking(False)
+        out.append(ListenSocket(sock, kind == "ssl"))
+    return out

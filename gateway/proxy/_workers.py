@@ -1,0 +1,394 @@
+"""Several worker processes serving the same proxy listeners (``worker_processes`` > 1).
+
+Theory of operation
+-------------------
+
+The supervisor (``WorkerPool.run``, a Trio task in the node process) binds every
+``proxy_listen`` socket once and starts N children (``python -m gateway.proxy._workers``).
+Each child inherits the listening sockets (``pass_fds``; numbers in ``GATEWAY_PROXY_FDS``)
+and all children accept from the same kernel queues, so restarting one drops nothing.
+
+Each child also gets one end of a Unix socketpair (``GATEWAY_PROXY_CONTROL_FD``): the
+control channel. Frames are ``kind (1 byte) | length (4) | version (8) | payload``:
+
+* ``S`` supervisor -> worker, first frame: the pickled ``WorkerSetup`` (proxy options,
+  default certificate, drain timeout). Only the supervisor writes to this channel, and it
+  runs as the same user, so pickle is acceptable here.
+* ``C`` supervisor -> worker: a configuration: zlib-compressed JSON of the config dict
+  (contracts.md 1) and its version. The supervisor compresses once per version and sends
+  the same bytes to every worker; a restarted worker first gets the latest one. The worker
+  compiles it in a thread and swaps it in.
+* ``A`` worker -> supervisor: the version now running (``WorkerPool.applied``).
+
+A worker exits gracefully (stops accepting, drains within the deadline) on SIGTERM,
+SIGQUIT, SIGINT or EOF on the control channel (the supervisor died). The supervisor restarts a
+worker that exits while the pool runs (backoff 0.1 s doubling to 5 s, reset after 10 s of
+uptime). On cancellation -- or SIGTERM/SIGQUIT when ``handle_signals`` -- it sends SIGTERM to
+every worker, waits ``drain_timeout`` + 2 s, then SIGKILLs what is left.
+
+With ``worker_processes = 1`` none of this runs: the node calls ``serve_proxy`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from gateway.proxy._handler import ProxyOptions
+from gateway.proxy._serve import ListenSocket, bind_listen_sockets, inherited_sockets, serve_proxy
+from gateway.proxy._state import ProxyState, compile_config
+
+__all__ = ["WorkerPool", "WorkerSetup", "encode_config_frame", "serve_workers", "worker_main"]
+
+log = logging.getLogger("gateway.proxy.workers")
+
+_HEADER = struct.Struct(">cIQ")
+MAX_FRAME = 512 * 1024 * 1024
+
+
+class WorkerSetup:
+    """What a worker needs besides its sockets and configs."""
+
+    def __init__(
+        self,
+        options: ProxyOptions,
+        tls_pairs: list[tuple[str, str]],
+        drain_timeout: float,
+        settings: Any = None,
+    ) -> None:
+        self.options = options
+        self.tls_pairs = tls_pairs
+        self.drain_timeout = drain_timeout
+        self.settings = settings
+
+
+def encode_frame(kind: bytes, version: int, payload: bytes) -> bytes:
+    return _HEADER.pack(kind, len(payload), version) + payload
+
+
+def encode_config_frame(config: Mapping[str, Any], version: int) -> bytes:
+    payload = zlib.compress(json.dumps(config, separators=(",", ":")).encode("utf-8"), 6)
+    return encode_frame(b"C", version, payload)
+
+
+async def read_frame(
+    stream: trio.abc.ReceiveStream, buf: bytearray
+) -> tuple[bytes, int, bytes] | None:
+    """One frame from ``stream`` (``buf`` keeps leftovers); None on EOF."""
+    while True:
+        if len(buf) >= _HEADER.size:
+            kind, length, version = _HEADER.unpack_from(buf)
+            if length > MAX_FRAME:
+                raise ValueError(f"control frame too large: {length}")
+            if len(buf) >= _HEADER.size + length:
+                payload = bytes(buf[_HEADER.size : _HEADER.size + length])
+                del buf[: _HEADER.size + length]
+                return kind, version, payload
+        data = await stream.receive_some(1 << 20)
+        if not data:
+            return None
+        buf += data
+
+
+class _Settings:
+    """Picklable stand-in for settings inside a worker (only what serve_proxy reads)."""
+
+    def __init__(self, tls_pairs: list[tuple[str, str]]) -> None:
+        self.ssl_cert = tuple(c for c, _ in tls_pairs)
+        self.ssl_cert_key = tuple(k for _, k in tls_pairs)
+
+
+class _Slot:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid: int | None = None
+        self.control: trio.SocketStream | None = None
+        self.applied = 0
+        self.send_lock = trio.Lock()
+
+
+class WorkerPool:
+    """The supervisor of N worker processes sharing the proxy listeners."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        workers: int | None = None,
+        options: ProxyOptions | None = None,
+        drain_timeout: float = 10.0,
+        sockets: list[ListenSocket] | None = None,
+    ) -> None:
+        count = (
+            workers if workers is not None else int(getattr(settings, "worker_processes", 0) or 0)
+        )
+        self.count = count if count > 0 else (os.cpu_count() or 1)
+        self.options = options if options is not None else ProxyOptions.from_settings(settings)
+        certs = getattr(settings, "ssl_cert", ()) or ()
+        keys = getattr(settings, "ssl_cert_key", ()) or ()
+        self.setup = WorkerSetup(self.options, list(zip(certs, keys, strict=False)), drain_timeout)
+        self.drain_timeout = drain_timeout
+        self.sockets = sockets if sockets is not None else bind_listen_sockets(settings)
+        self.slots = [_Slot(i) for i in range(self.count)]
+        self.restarts = 0
+        self._frame: bytes | None = None
+        self._version = 0
+        self._stopping = False
+        self._acked = trio.Event()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(str(s.sock.getsockname()[0]), int(s.sock.getsockname()[1])) for s in self.sockets]
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.pid is not None]
+
+    def applied(self) -> list[int]:
+        return [s.applied for s in self.slots]
+
+    async def wait_applied(self, version: int) -> None:
+        """Return once every worker runs ``version`` (or a later one)."""
+        while any(s.applied < version for s in self.slots):
+            await self._acked.wait()
+
+    async def publish(self, config: Mapping[str, Any], version: int) -> None:
+        """Send a config to every running worker (and to every worker started later)."""
+        frame = await trio.to_thread.run_sync(encode_config_frame, config, version)
+        self._frame, self._version = frame, version
+        for slot in self.slots:
+            await self._send(slot, frame)
+
+    async def _send(self, slot: _Slot, frame: bytes) -> None:
+        control = slot.control
+        if control is None:
+            return
+        async with slot.send_lock:
+            try:
+                await control.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the worker is gone; its restart gets the latest config
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for slot in self.slots:
+                    await nursery.start(self._run_slot, slot)
+                if handle_signals:
+                    nursery.start_soon(self._signals, nursery.cancel_scope)
+                task_status.started(self)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._stopping = True
+        finally:
+            for listen in self.sockets:
+                listen.sock.close()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT) as signals:
+            async for _ in signals:
+                log.info("signal received: draining workers")
+                scope.cancel()
+                return
+
+    async def _deliver_cancel(self, process: trio.Process) -> None:
+        process.terminate()
+        with trio.move_on_after(self.drain_timeout + 2):
+            await process.wait()
+            return
+        log.warning("worker %d did not drain in time: killing it", process.pid)
+        process.kill()
+
+    async def _run_slot(self, slot: _Slot, task_status: trio.TaskStatus[None]) -> None:
+        backoff = 0.1
+        started = False
+        while True:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds = [s.sock.fileno() for s in self.sockets]
+            env = dict(os.environ)
+            env["GATEWAY_PROXY_FDS"] = ",".join(
+                f"{s.sock.fileno()}:{'ssl' if s.ssl else 'plain'}" for s in self.sockets
+            )
+            env["GATEWAY_PROXY_CONTROL_FD"] = str(child.fileno())
+            env["GATEWAY_PROXY_WORKER"] = str(slot.index)
+            control = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
+            slot.control = control
+            began = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    process: trio.Process = await nursery.start(
+                        _run_process,
+                        [sys.executable, "-m", "gateway.proxy._workers"],
+                        env,
+                        [*fds, child.fileno()],
+                        self._deliver_cancel,
+                    )
+                    child.close()
+                    slot.pid = process.pid
+                    await control.send_all(encode_frame(b"S", 0, pickle.dumps(self.setup)))
+                    if self._frame is not None:
+                        await self._send(slot, self._frame)
+                    nursery.start_soon(self._read_acks, slot, control)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await process.wait()
+                    nursery.cancel_scope.cancel()
+                code = process.returncode
+            finally:
+                slot.pid = None
+                slot.control = None
+                child.close()
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(control)
+            if self._stopping:
+                return
+            self.restarts += 1
+            if trio.current_time() - began > 10:
+                backoff = 0.1
+            log.warning("worker %d exited (%s); restarting in %.1fs", slot.index, code, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _read_acks(self, slot: _Slot, control: trio.SocketStream) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                frame = await read_frame(control, buf)
+                if frame is None:
+                    return
+                kind, version, _payload = frame
+                if kind == b"A":
+                    slot.applied = version
+                    self._acked.set()
+                    self._acked = trio.Event()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+            return
+
+
+async def _run_process(
+    argv: list[str],
+    env: dict[str, str],
+    fds: list[int],
+    deliver_cancel: Any,
+    task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await trio.run_process(
+        argv,
+        env=env,
+        pass_fds=fds,
+        check=False,
+        deliver_cancel=deliver_cancel,
+        task_status=task_status,
+    )
+
+
+async def serve_workers(
+    settings: Any,
+    config: Mapping[str, Any] | None = None,
+    *,
+    version: int = 1,
+    workers: int | None = None,
+    options: ProxyOptions | None = None,
+    drain_timeout: float = 10.0,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a ``WorkerPool`` until cancelled; ``task_status.started`` gets the pool
+    (``pool.publish(config, version)`` pushes later configs to every worker)."""
+    pool = WorkerPool(settings, workers=workers, options=options, drain_timeout=drain_timeout)
+    if config is not None:
+        pool._frame = await trio.to_thread.run_sync(encode_config_frame, config, version)
+        pool._version = version
+    await pool.run(handle_signals=handle_signals, task_status=task_status)
+
+
+# -- the worker side ------------------------------------------------------------------------
+
+
+async def worker_main() -> None:
+    """Entry point of a worker process (``python -m gateway.proxy._workers``)."""
+    control_fd = int(os.environ["GATEWAY_PROXY_CONTROL_FD"])
+    sockets = inherited_sockets() or []
+    control = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=control_fd)))
+    buf = bytearray()
+    first = await read_frame(control, buf)
+    if first is None or first[0] != b"S":
+        return
+    setup: WorkerSetup = pickle.loads(first[2])
+    state = ProxyState()
+
+    async def apply(version: int, payload: bytes) -> None:
+        def build() -> Any:
+            config = json.loads(zlib.decompress(payload))
+            return compile_config(config, version=version, previous=state.current)
+
+        try:
+            compiled = await trio.to_thread.run_sync(build)
+        except Exception:
+            log.exception("worker: config version %d refused", version)
+            return
+        state.swap(compiled)
+        try:
+            await control.send_all(encode_frame(b"A", version, b""))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+
+        async def control_loop() -> None:
+            try:
+                while True:
+                    frame = await read_frame(control, buf)
+                    if frame is None:
+                        break
+                    kind, version, payload = frame
+                    if kind == b"C":
+                        await apply(version, payload)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                pass
+            nursery.cancel_scope.cancel()  # the supervisor is gone: drain and exit
+
+        async def signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT, signal.SIGINT) as rx:
+                async for _ in rx:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(signals)
+        nursery.start_soon(control_loop)
+        await nursery.start(
+            lambda task_status: serve_proxy(
+                setup.settings or _Settings(setup.tls_pairs),
+                state,
+                sockets=sockets,
+                options=setup.options,
+                drain_timeout=setup.drain_timeout,
+                task_status=task_status,
+            )
+        )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        trio.run(worker_main)
+    except KeyboardInterrupt:
+        pass

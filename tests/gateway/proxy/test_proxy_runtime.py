@@ -1,0 +1,192 @@
+"""Runtime pieces: the upstream pool, graceful drain, settings, robustness to garbage."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from proxy_support import Client, Upstream, raw_exchange, request, simple_config, start_proxy
+
+from gateway.http import BACKENDS, NEED_DATA, PAUSED, HttpError, Limits, make_request_parser
+from gateway.proxy import ConnectionPool, ProxyOptions
+from gateway.settings import load_settings
+
+
+def fake_stream() -> trio.abc.Stream:
+    send, _receive = trio.testing.memory_stream_pair()
+    return send
+
+
+def test_pool_limits_with_a_fake_clock() -> None:
+    async def main() -> None:
+        pool = ConnectionPool(size=2, max_requests=3, idle_timeout=10.0)
+        conns = [pool.new(fake_stream(), "k") for _ in range(3)]
+        for c in conns:
+            pool.release(c, reusable=True)
+        assert pool.idle_count("k") == 2  # size limit: the oldest was closed
+        got = pool.acquire("k")
+        assert got is conns[2]  # LIFO
+        assert got is not None
+        assert got.reused
+        pool.release(got, reusable=False)
+        assert pool.idle_count("k") == 1
+        # max_requests: a connection is not kept after its third request
+        c1 = pool.acquire("k")
+        assert c1 is not None
+        pool.release(c1, reusable=True)
+        c2 = pool.acquire("k")
+        assert c2 is not None
+        assert c2.requests == 2
+        pool.release(c2, reusable=True)
+        assert pool.idle_count("k") == 0
+        # idle timeout
+        d = pool.new(fake_stream(), "k")
+        pool.release(d, reusable=True)
+        await trio.sleep(11)
+        assert pool.acquire("k") is None
+        e = pool.new(fake_stream(), "j")
+        pool.release(e, reusable=True)
+        await trio.sleep(11)
+        pool.sweep()
+        assert pool.idle_count() == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_pool_notices_a_peer_that_closed(nursery: trio.Nursery) -> None:
+    a, b = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    pool = ConnectionPool()
+    conn = pool.new(stream, "k")
+    assert not conn.peer_closed()
+    b.close()
+    assert conn.peer_closed()
+    await stream.aclose()
+
+
+async def test_cancelling_serve_proxy_lets_in_flight_requests_finish(nursery: trio.Nursery) -> None:
+    async def slow(req: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await trio.sleep(0.3)
+        return 200, [], b"done"
+
+    up = Upstream(slow)
+    await nursery.start(up.serve)
+    results: list[Any] = []
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            port, _ = await start_proxy(inner, simple_config(up.port))
+            idle = await Client.open(port)
+            assert (await idle.request()).status == 200  # now an idle keep-alive connection
+
+            async def in_flight() -> None:
+                results.append(await request(port))
+
+            nursery.start_soon(in_flight)
+            with trio.fail_after(5):
+                while up.requests < 2:
+                    await trio.sleep(0.01)
+            inner.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    with trio.fail_after(5):
+        while not results:
+            await trio.sleep(0.01)
+    assert results[0].status == 200
+    assert results[0].body == b"done"
+    # the idle keep-alive connection was closed by the drain
+    with trio.fail_after(5):
+        assert await idle.stream.receive_some(10) == b""
+    await idle.aclose()
+
+
+async def test_untrusted_garbage_never_kills_the_listener(nursery: trio.Nursery) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    port, _ = await start_proxy(nursery, simple_config(up.port))
+    for junk in (b"\x00\xff" * 100, b"GET / HTTP/1.1\r\n" + b"A" * 40000, b"\r\n\r\n\r\n", b"G"):
+        await raw_exchange(port, junk, timeout=0.5)
+    assert (await request(port)).status == 200
+
+
+def test_options_from_real_settings() -> None:
+    s = load_settings(
+        env={},
+        overrides={
+            "trusted_ips": "10.0.0.0/8",
+            "real_ip_header": "X-Forwarded-For",
+            "headers": "server_tokens",
+            "client_max_body_size": "1m",
+        },
+    )
+    opts = ProxyOptions.from_settings(s)
+    assert opts.is_trusted("10.1.2.3")
+    assert not opts.is_trusted("11.1.2.3")
+    assert opts.real_ip_header == b"x-forwarded-for"
+    assert opts.via
+    assert not opts.latency
+    assert opts.client_max_body_size == 1024 * 1024
+    assert opts.limits.max_request_line == 8192
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.binary(max_size=300),
+    prefix=st.sampled_from(
+        [
+            b"",
+            b"GET / HTTP/1.1\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]
+    ),
+)
+def test_parsers_only_ever_raise_http_errors(backend: str, data: bytes, prefix: bytes) -> None:
+    parser = make_request_parser(backend, Limits(max_header_bytes=1024))  # type: ignore[arg-type]
+    try:
+        parser.receive_data(prefix + data)
+        parser.receive_data(b"")
+        for _ in range(100):
+            ev = parser.next_event()
+            if ev is NEED_DATA:
+                break
+            if ev is PAUSED:
+                parser.start_next_cycle()
+    except HttpError:
+        pass
+
+
+async def test_idle_and_header_timeouts_close_connections(nursery: trio.Nursery) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    port, _ = await start_proxy(
+        nursery, simple_config(up.port), keepalive_timeout=0.2, client_header_timeout=0.2
+    )
+    idle = await Client.open(port)
+    assert (await idle.request()).status == 200
+    with trio.fail_after(3):  # the watchdog closes the idle keep-alive connection
+        assert await idle.stream.receive_some(10) == b""
+    await idle.aclose()
+    slow = await trio.open_tcp_stream("127.0.0.1", port)
+    await slow.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n")  # never finishes its head
+    with trio.fail_after(3):
+        assert await slow.receive_some(10) == b""
+    await slow.aclose()
+    assert (await request(port)).status == 200
+
+
+def test_watchdog_wakes_only_expired_waits() -> None:
+    from gateway.http import Watchdog
+
+    dog = Watchdog(tick=0.01)
+    a, b = dog.slot(), dog.slot()
+    a.deadline, b.deadline = 1.0, 5.0
+    assert dog.check(2.0) == 1
+    assert a.expired
+    assert not b.expired
+    dog.release(b)
+    assert dog.check(10.0) == 0

@@ -1,0 +1,128 @@
+"""Worker processes: one port shared by N processes, restarts, config fan-out, drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "gateway" / "proxy"))
+
+from proxy_support import Client, FakeSettings, Upstream, request, simple_config
+
+from gateway.proxy._workers import WorkerPool, serve_workers
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_for(predicate: object, timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():  # type: ignore[operator]
+            await trio.sleep(0.02)
+
+
+def established_sockets(pid: int, port: int) -> int:
+    """Established TCP connections on ``port`` held by process ``pid`` (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            local_port = int(parts[1].split(":")[1], 16)
+            if local_port == port and parts[3] == "01" and parts[9] in inodes:
+                count += 1
+    return count
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def start_pool(nursery: trio.Nursery, upstream_port: int) -> tuple[WorkerPool, int]:
+    pool: WorkerPool = await nursery.start(
+        lambda task_status: serve_workers(
+            FakeSettings(),
+            simple_config(upstream_port),
+            version=1,
+            workers=2,
+            drain_timeout=3.0,
+            task_status=task_status,
+        )
+    )
+    await wait_for(lambda: pool.applied() == [1, 1])
+    return pool, pool.addresses[0][1]
+
+
+async def test_two_workers_share_the_port_and_a_killed_one_restarts(nursery: trio.Nursery) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    pool, port = await start_pool(nursery, up.port)
+    assert len(set(pool.pids)) == 2
+
+    clients = [await Client.open(port) for _ in range(40)]
+    for client in clients:
+        assert (await client.request()).status == 200
+    per_worker = [established_sockets(pid, port) for pid in pool.pids]
+    assert all(n > 0 for n in per_worker), per_worker
+    assert sum(per_worker) == 40
+    for client in clients:
+        await client.aclose()
+
+    victim = pool.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    await wait_for(lambda: pool.restarts == 1 and len(pool.pids) == 2 and victim not in pool.pids)
+    await wait_for(lambda: pool.applied() == [1, 1])
+    for _ in range(10):
+        assert (await request(port)).status == 200
+
+
+async def test_config_updates_reach_every_worker(nursery: trio.Nursery) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    pool, port = await start_pool(nursery, up.port)
+    await pool.publish(simple_config(up.port, path="/v2"), 2)
+    await wait_for(lambda: pool.applied() == [2, 2])
+    for _ in range(10):
+        reply = await request(port, target="/x")
+        assert reply.json()["target"] == "/v2/x"
+
+
+async def test_shutdown_drains_in_flight_requests(nursery: trio.Nursery) -> None:
+    async def slow(req: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await trio.sleep(0.5)
+        return 200, [], b"finished"
+
+    up = Upstream(slow)
+    await nursery.start(up.serve)
+    with trio.CancelScope() as pool_scope:
+        async with trio.open_nursery() as inner:
+            pool, port = await start_pool(inner, up.port)
+            pids = pool.pids
+            results: list[int] = []
+
+            async def slow_client() -> None:
+                results.append((await request(port)).status)
+
+            nursery.start_soon(slow_client)
+            await wait_for(lambda: up.requests >= 1)
+            inner.cancel_scope.cancel()
+    assert not pool_scope.cancelled_caught
+    await wait_for(lambda: results == [200])
+    assert all(_gone(pid) for pid in pids)
