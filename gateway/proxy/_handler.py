@@ -134,7 +134,7 @@ class ProxyOptions:
     def __init__(
         self,
         *,
-        backend: Backend = "fast",
+        backend: Backend = "httptools",
         limits: Limits | None = None,
         trusted_ips: Sequence[Network] = (),
         real_ip_header: str = "X-Real-IP",
@@ -181,7 +181,7 @@ class ProxyOptions:
         g = getattr
         header_buffers = g(settings, "large_client_header_buffers", (4, 8192))
         kwargs: dict[str, Any] = {
-            "backend": g(settings, "proxy_http_parser", "fast"),
+            "backend": g(settings, "proxy_http_parser", "httptools"),
             "limits": Limits(
                 max_request_line=int(header_buffers[1]),
                 max_header_bytes=max(int(header_buffers[0]) * int(header_buffers[1]), 16384),

@@ -477,6 +477,19 @@ class Settings:
         doc="Idle upstream connections are closed after this; 0 means no timeout.",
         roles=_PROXYING,
     )
+    proxy_http_parser: Literal["httptools", "h11", "fast"] = _setting(
+        "httptools",
+        parse_choice("httptools", "h11", "fast"),
+        type="httptools | h11 | fast",
+        doc=(
+            "HTTP/1.1 parser of the proxy. `httptools` (llhttp, Node.js's parser; the default) "
+            "is fast and well kept; `h11` is the pure-Python reference; `fast` is our own "
+            "regex head parser, the cheapest per request. All three pass the same "
+            "request-smuggling and conformance suite; our own framing checks run on top of "
+            "each."
+        ),
+        roles=_PROXYING,
+    )
     ssl_trusted_certificate: tuple[str, ...] = _setting(
         "system",
         parse_str_list,
