@@ -32,11 +32,12 @@ from gateway._config_apply import ConfigApplier
 from gateway._memory_store import MemoryStore
 from gateway._net import bound_address, open_listener
 from gateway._node_id import load_or_create_node_id
+from gateway._proxy_runner import start_proxy
 from gateway._state import NodeState
 from gateway._status_api import StatusApp
 from gateway.admin import AdminApp, DeclarativeReloader, install_meta_routes, serve_http
 from gateway.declarative import export_declarative, load_declarative, parse_declarative
-from gateway.proxy import ProxyState, serve_proxy
+from gateway.proxy import ProxyState
 from gateway.proxy._tls import context_from_pem, self_signed_pem
 from gateway.schema.entities import ENTITIES
 from gateway.settings import ListenAddress, Settings
@@ -176,10 +177,8 @@ class _AdminNode:
         return {"version": self.state.config_version, "hash": self.state.config_hash}
 
     def server_stats(self) -> dict[str, Any]:
-        return {
-            "connections_active": self.state.connections_active,
-            "total_requests": self.state.requests_total,
-        }
+        stats = self.state.proxy_stats
+        return stats() if stats is not None else {}
 
     async def export_config(self) -> dict[str, Any]:
         if self.store is not None:
@@ -297,7 +296,7 @@ async def serve_traditional(
                     )
                 )
             if settings.proxy_listen:
-                bound = await nursery.start(serve_proxy, settings, proxy)
+                bound = await start_proxy(nursery, settings, applier)
                 addresses["proxy"] = tuple(bound)
                 for host, port in bound:
                     log.info("proxy listening on %s:%d", host, port)

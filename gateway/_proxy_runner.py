@@ -47,7 +47,12 @@ async def start_proxy(
 ) -> list[tuple[str, int]]:
     """Serve ``proxy_listen``; returns the bound addresses."""
     if settings.worker_processes <= 1:
-        bound: list[tuple[str, int]] = await nursery.start(serve_proxy, settings, applier.proxy)
+        proxy = applier.proxy
+        bound: list[tuple[str, int]] = await nursery.start(serve_proxy, settings, proxy)
+        applier.node.proxy_stats = lambda: {
+            "connections_active": proxy.connections(),
+            "total_requests": proxy.requests_total,
+        }
         return bound
     from gateway.proxy._workers import serve_workers
 

@@ -8,6 +8,7 @@ at a time, so no locking is needed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -40,8 +41,8 @@ class NodeState:
     cluster_cert_expiry: float | None = None
     cluster_cert_expiring_soon: bool = False
     control_plane: ControlPlaneLink = attrs.field(factory=ControlPlaneLink)
-    connections_active: int = 0
-    requests_total: int = 0
+    #: where the proxy's counters come from (None: this node does not proxy in-process)
+    proxy_stats: Callable[[], dict[str, int]] | None = None
 
     @property
     def ready(self) -> tuple[bool, str]:
@@ -78,11 +79,9 @@ class NodeState:
                 "entities": self.config_entities,
                 "last_error": self.last_apply_error,
             },
-            "server": {
-                "connections_active": self.connections_active,
-                "total_requests": self.requests_total,
-            },
         }
+        if self.proxy_stats is not None:
+            doc["server"] = self.proxy_stats()
         if self.role == "data_plane":
             doc["control_plane"] = attrs.asdict(self.control_plane)
         if self.cluster_cert_expiry is not None:

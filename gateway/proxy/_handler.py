@@ -337,6 +337,7 @@ class ProxyHandler:
 
     # -- entry ------------------------------------------------------------------------------
     async def __call__(self, conn: ServerConnection, head: RequestHead) -> None:
+        self.state.requests_total += 1
         ex = _Exchange(self.state.current, head, time.perf_counter())
         target = head.target
         q = target.find("?")

@@ -104,6 +104,7 @@ async def serve_proxy(
             _default_pairs(settings), lambda: state.current.certificates
         )
     tracker = ConnectionTracker()
+    state.connections = tracker.__len__
     watchdog = Watchdog()
     # the config and everything imported so far live for long: keep them out of the
     # collector's generations (shorter pauses with large configs)

@@ -11,7 +11,7 @@ requests finish on the config they started with and a swap never fails a request
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.proxy._balancer import Balancers
@@ -200,6 +200,9 @@ class ProxyState:
         self.current: CompiledConfig = (
             compiled if compiled is not None else compile_config(EMPTY_CONFIG)
         )
+        #: counters for the status endpoints (this process's proxy)
+        self.requests_total = 0
+        self.connections: Callable[[], int] = lambda: 0
 
     def swap(self, compiled: CompiledConfig) -> CompiledConfig:
         """Install ``compiled``; returns the previous config."""
