@@ -319,7 +319,7 @@ class AdminApp:
             if not isinstance(ref, dict) or "id" in ref or len(ref) != 1:
                 continue
             key_field = next(iter(ref))
-            if target is None or target.endpoint_key not in (key_field, None):
+            if target is None or target.endpoint_key is None or key_field != target.endpoint_key:
                 continue
             found = await self._reader().get_by(target.name, key_field, ref[key_field])
             if found is None:
