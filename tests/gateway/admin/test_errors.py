@@ -38,6 +38,9 @@ BAD_BODIES: list[tuple[str, str, bytes, int, str]] = [
     ("POST", "/services", b"{}", 400, "host: required field missing"),
     ("POST", "/services", b'{"name": "s1", "host": "x"}', 409, "UNIQUE violation"),
     ("POST", "/services", b'{"id": "not-a-uuid", "host": "x"}', 400, "id: expected a valid UUID"),
+    # A reference by a field that is not the referenced entity's endpoint key (found by the
+    # fuzz test: it used to reach the store and answer 500).
+    ("POST", "/snis", b'{"name": "a.test", "certificate": {"algorithm": "x"}}', 400, "certificate"),
     ("PATCH", "/services/s1", b'{"protocol": "gopher"}', 400, "protocol: expected one of"),
     ("PATCH", "/services/s1", b'{"tags": "x"}', 400, "tags: expected a set"),
     ("PUT", "/services/s1", b'{"port": 1}', 400, "host: required field missing"),
