@@ -41,6 +41,17 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # A start-up ConfigError raised inside the node's nursery (e.g. an expired
+        # cluster_cert) arrives wrapped in a group: report it like any other.
+        config_errors = group.subgroup(ConfigError)
+        if config_errors is None:
+            raise
+        first: BaseException = config_errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"Error: {first}", file=sys.stderr)
+        return 1
     return 0
 
 
