@@ -33,6 +33,7 @@ from gateway._config_apply import ConfigApplier
 from gateway._errors import ConfigError
 from gateway._node import NodeInfo, prepare_prefix, start_http_api, write_listeners_file
 from gateway._node_id import load_or_create_node_id
+from gateway._proxy_runner import start_proxy
 from gateway._state import NodeState
 from gateway._status_api import StatusApp
 from gateway._version import __version__
@@ -41,7 +42,7 @@ from gateway.cluster._control_plane import load_cluster_tls, note_cert_expiry
 from gateway.cluster._sync_client import SyncClient, SyncClientOptions
 from gateway.declarative import load_declarative, parse_declarative
 from gateway.plugins import plugin_versions
-from gateway.proxy import ProxyState, serve_proxy
+from gateway.proxy import ProxyState
 from gateway.settings import Settings
 from protocol import config_hash
 
@@ -149,7 +150,7 @@ async def serve_data_plane(
     # anything the network or the control plane does, so the proxy keeps serving.
     async with trio.open_nursery() as nursery:
         addresses: dict[str, tuple[tuple[str, int], ...]] = {}
-        bound = await nursery.start(serve_proxy, settings, proxy)
+        bound = await start_proxy(nursery, settings, applier)
         addresses["proxy"] = tuple(bound)
         for host, port in bound:
             log.info("proxy listening on %s:%d", host, port)
