@@ -120,7 +120,9 @@ class GatewayProcess:
     def __init__(self, name: str, prefix: Path, settings: dict[str, Any]) -> None:
         self.name = name
         self.prefix = prefix
-        self.settings = {k: str(v) for k, v in settings.items()}
+        # One proxy process unless a test asks for more: the suite stays light on 2 cores;
+        # tests that exercise worker processes set worker_processes explicitly.
+        self.settings = {"worker_processes": "1", **{k: str(v) for k, v in settings.items()}}
         self.log_path = prefix.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.listeners: dict[str, Any] = {}

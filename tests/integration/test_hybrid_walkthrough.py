@@ -110,7 +110,12 @@ def test_walkthrough(
 ) -> None:
     cp_extra, dp_extra = cluster_settings(tmp_path, mode, shared_certs)
     cp = start_control_plane(processes, cp_extra)
-    dps = [start_data_plane(processes, f"dp{i}", cp, dp_extra, wait=False) for i in (1, 2)]
+    # dp1 proxies in-process, dp2 with two worker processes (the default on this machine):
+    # both must follow the control plane the same way.
+    dps = [
+        start_data_plane(processes, f"dp{i}", cp, {**dp_extra, "worker_processes": i}, wait=False)
+        for i in (1, 2)
+    ]
     for dp in dps:
         dp.wait_started()
     admin = cp.url("admin")
