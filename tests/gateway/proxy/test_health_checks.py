@@ -85,7 +85,7 @@ def health(bs: Balancers) -> dict[str, str]:
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
         # Health changes are not events one can wait on: poll, bounded by the deadline.
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await trio.sleep(0.01)
 
 
