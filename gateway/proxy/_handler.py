@@ -730,6 +730,7 @@ class ProxyHandler:
                         ssl_context=ssl_context,
                         server_hostname=name,
                         connect_timeout=connect_timeout,
+                        verify_depth=plan.verify_depth,
                     )
                 except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                     timeout = isinstance(exc, trio.TooSlowError)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Hashable
+from typing import Any
 
 import trio
 
@@ -67,8 +68,13 @@ async def connect_upstream(
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
     connect_timeout: float,
+    verify_depth: int | None = None,
 ) -> trio.abc.Stream:
-    """Open a TCP (and TLS) connection; raises ``trio.TooSlowError`` or ``OSError``."""
+    """Open a TCP (and TLS) connection; raises ``trio.TooSlowError`` or ``OSError``.
+
+    ``verify_depth`` (a service's ``tls_verify_depth``): at most that many certificates
+    above the server's own in the verified chain, as nginx's ``proxy_ssl_verify_depth``.
+    """
     with trio.fail_after(connect_timeout):
         tcp = await trio.open_tcp_stream(host, port)
         try:
@@ -77,10 +83,28 @@ async def connect_upstream(
                 return tcp
             tls = trio.SSLStream(tcp, ssl_context, server_hostname=server_hostname or host)
             await tls.do_handshake()
+            if verify_depth is not None and ssl_context.verify_mode == ssl.CERT_REQUIRED:
+                depth = verified_chain_length(tls) - 1
+                if depth > verify_depth:
+                    raise ssl.SSLCertVerificationError(
+                        f"upstream certificate chain depth {depth} exceeds "
+                        f"tls_verify_depth {verify_depth}"
+                    )
             return tls
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
+
+
+def verified_chain_length(tls: trio.SSLStream[Any]) -> int:
+    """How many certificates the verified chain of ``tls`` holds (leaf to trust anchor).
+
+    Python 3.13 has ``SSLObject.get_verified_chain``; 3.11 and 3.12 expose the same OpenSSL
+    call on the private ``_sslobj`` (present since 3.10).
+    """
+    obj: Any = tls._ssl_object  # trio keeps the SSLObject private
+    getter = getattr(obj, "get_verified_chain", None) or obj._sslobj.get_verified_chain
+    return len(getter() or ())
 
 
 class ConnectionPool:

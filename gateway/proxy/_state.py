@@ -95,6 +95,7 @@ class ServicePlan:
         "retries",
         "ssl_context",
         "tls_key",
+        "verify_depth",
         "write_timeout",
     )
 
@@ -110,6 +111,8 @@ class ServicePlan:
         self.retries = int(retries) if isinstance(retries, int) else 5
         self.tls_key: Any = None
         self.ssl_context: ssl.SSLContext | None = None
+        depth = service.get("tls_verify_depth")
+        self.verify_depth: int | None = depth if isinstance(depth, int) else None
         if self.https:
             self.tls_key, self.ssl_context = cfg.upstream_tls.context(service)
 

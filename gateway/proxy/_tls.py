@@ -9,10 +9,9 @@ connection to that certificate's context. A config swap thus changes certificate
 touching the listeners.
 
 Upstream contexts (``tls_verify``, ``ca_certificates``, ``client_certificate``) are built on
-first use and cached per config version. ``tls_verify_depth``: the stdlib ``ssl`` module
-of Python 3.11 cannot limit the chain depth; it is enforced after the handshake where
-``SSLObject.get_verified_chain`` exists (Python >= 3.13) and ignored otherwise (NOTE: a
-deviation from Kong; pinned by test_upstream_tls_verify_depth_documented).
+first use and cached per config version. ``tls_verify_depth`` is enforced right after the
+handshake on the verified chain (``gateway.proxy._pool.connect_upstream``): the stdlib
+``ssl`` module has no verify-depth knob, but it exposes the verified chain.
 """
 
 from __future__ import annotations

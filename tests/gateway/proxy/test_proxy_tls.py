@@ -240,6 +240,37 @@ async def test_upstream_tls_verify_on_and_off(nursery: trio.Nursery) -> None:
     assert (await request(port, target="/lax")).status == 200
 
 
+async def test_upstream_tls_verify_depth(nursery: trio.Nursery) -> None:
+    from proxy_support import request
+
+    pki = Pki()  # the upstream's certificate is issued by the CA directly: chain depth 1
+    up_port = await serve_tls_upstream(nursery, pki)
+    ca = {"id": uid(), "cert": pki.ca_pem, "cert_digest": "x"}
+    shallow = service(
+        up_port,
+        protocol="https",
+        tls_verify=True,
+        ca_certificates=[ca["id"]],
+        tls_verify_depth=0,
+        retries=0,
+    )
+    enough = service(
+        up_port,
+        protocol="https",
+        tls_verify=True,
+        ca_certificates=[ca["id"]],
+        tls_verify_depth=1,
+    )
+    cfg = config(
+        services=[shallow, enough],
+        routes=[route(shallow, paths=["/shallow"]), route(enough, paths=["/enough"])],
+        ca_certificates=[ca],
+    )
+    port, _ = await start_proxy(nursery, cfg)
+    assert (await request(port, target="/shallow")).status == 502
+    assert (await request(port, target="/enough")).status == 200
+
+
 async def test_upstream_client_certificate(nursery: trio.Nursery) -> None:
     from proxy_support import request
 
