@@ -12,7 +12,7 @@ the new one. A configuration that fails anywhere before the swap changes nothing
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -81,10 +81,31 @@ class ConfigApplier:
         self.node = node
         self._lock = trio.Lock()
         self._subscribers: list[Callable[[PreparedConfig], None]] = []
+        self._settlers: list[Callable[[int], Awaitable[None]]] = []
 
-    def subscribe(self, callback: Callable[[PreparedConfig], None]) -> None:
-        """Call ``callback`` (synchronously, must not block) after every install."""
+    def subscribe(
+        self,
+        callback: Callable[[PreparedConfig], None],
+        settle: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        """Call ``callback`` (synchronously, must not block) after every install;
+        ``settle(version)`` returns once that version is in force wherever it goes (for
+        example every worker process)."""
         self._subscribers.append(callback)
+        if settle is not None:
+            self._settlers.append(settle)
+
+    async def settle(self, version: int, *, timeout: float = 30.0) -> bool:
+        """Wait until ``version`` serves everywhere (True), or ``timeout`` passed (False)."""
+        with trio.move_on_after(timeout) as scope:
+            for settle in self._settlers:
+                await settle(version)
+        if scope.cancelled_caught:
+            log.warning(
+                "configuration version %s not in force everywhere after %gs", version, timeout
+            )
+            return False
+        return True
 
     async def prepare(
         self, config: Mapping[str, Any], *, version: int, validate: bool
@@ -115,8 +136,9 @@ class ConfigApplier:
     async def apply(
         self, config: Mapping[str, Any], *, version: int, source: str, validate: bool
     ) -> PreparedConfig:
-        """Prepare then install; serialised so two applies never interleave."""
+        """Prepare, install, and wait until it serves everywhere; applies never interleave."""
         async with self._lock:
             prepared = await self.prepare(config, version=version, validate=validate)
             self.install(prepared, source=source)
-            return prepared
+        await self.settle(prepared.version)
+        return prepared

@@ -67,7 +67,7 @@ async def start_proxy(
         )
     )
     mailbox = _Latest()
-    applier.subscribe(mailbox.put)
+    applier.subscribe(mailbox.put, settle=pool.wait_applied)
 
     async def publisher() -> None:
         while True:

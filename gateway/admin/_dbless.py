@@ -80,6 +80,7 @@ class DeclarativeReloader:
             self.applier.install(prepared, source="declarative")
             self.memory.replace(config)
             self._loaded_digest = digest
+        await self.applier.settle(prepared.version)
         return config
 
 

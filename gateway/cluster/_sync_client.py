@@ -41,6 +41,7 @@ import trio_websocket
 from gateway._config_apply import ConfigApplier
 from gateway._state import NodeState
 from gateway.cluster._cache import CachedConfig, ConfigCache
+from gateway.cluster._material import ClusterMaterial
 from gateway.cluster._tls import ClusterPeerRejected, ClusterTLS, connect_cluster_peer
 from gateway.cluster._websocket import (
     ClusterWebSocket,
@@ -166,9 +167,13 @@ class SyncClient:
         cache: ConfigCache | None,
         on_applied: Callable[[int, str], Awaitable[None]] | None = None,
         on_received: Callable[[int], None] | None = None,
+        material: ClusterMaterial | None = None,
     ) -> None:
+        """``material``, when given, supplies the TLS material of each new connection
+        (rotation without restart); ``tls`` is then only the initial value."""
         self.options = options
         self.tls = tls
+        self.material = material
         self.state = state
         self.applier = applier
         self.cache = cache
@@ -180,6 +185,27 @@ class SyncClient:
         self.bytes_received = 0  # websocket payload bytes from control planes (bench)
         self._running_version = state.config_version or 0
         self._running_hash = state.config_hash
+        self._current: _Session | None = None
+        self._session_tls: ClusterTLS | None = None  # the material of the current session
+        self._reconnect_now = False
+
+    @property
+    def current_tls(self) -> ClusterTLS:
+        """The material a new connection uses (the latest reloaded one)."""
+        return self.material.current if self.material is not None else self.tls
+
+    def reconnect_if_stale(self, reason: str) -> bool:
+        """Close the current session if it was made with older TLS material than
+        ``current_tls`` (a reload happened since), and connect again at once, so that the
+        new certificate is presented now. The proxy keeps serving meanwhile. True when a
+        session is being closed."""
+        session = self._current
+        if session is None or self._session_tls is self.current_tls:
+            return False
+        self._reconnect_now = True
+        log.info("closing the control plane link: %s", reason)
+        session.stop(reason)
+        return True
 
     # -- the reconnect loop -----------------------------------------------------------------
 
@@ -196,6 +222,9 @@ class SyncClient:
                 log.exception("sync with control plane %s failed unexpectedly", endpoint)
             if established:
                 self.backoff.reset()
+                if self._reconnect_now:
+                    self._reconnect_now = False
+                    continue
             else:
                 index += 1
                 if index % len(endpoints) != 0:
@@ -223,13 +252,14 @@ class SyncClient:
             log.warning("control plane %s unreachable: %s", address, exc or "timed out")
             self._link_down(endpoint, reason)
             return False
+        tls = self.current_tls
         server_name = self.options.server_name
-        if server_name is None and self.tls.mode == "pki":
+        if server_name is None and tls.mode == "pki":
             server_name = endpoint.host
         try:
             with trio.fail_after(self.options.connect_timeout):
                 peer = await connect_cluster_peer(
-                    tcp, self.tls, now=datetime.now(UTC), server_name=server_name, peer=address
+                    tcp, tls, now=datetime.now(UTC), server_name=server_name, peer=address
                 )
         except ClusterPeerRejected as exc:  # logged by connect_cluster_peer
             self._link_down(endpoint, f"TLS with {address} failed: {exc.reason}")
@@ -260,7 +290,7 @@ class SyncClient:
                         nursery.cancel_scope.cancel()
                         return False
                     established = True
-                    await self._session(ws, endpoint)
+                    await self._session(ws, endpoint, tls)
                     nursery.cancel_scope.cancel()
         except* trio_websocket.ConnectionRejected as group:
             status = getattr(group.exceptions[0], "status_code", "?")
@@ -273,7 +303,7 @@ class SyncClient:
 
     # -- one session ------------------------------------------------------------------------
 
-    async def _session(self, ws: ClusterWebSocket, endpoint: Endpoint) -> None:
+    async def _session(self, ws: ClusterWebSocket, endpoint: Endpoint, tls: ClusterTLS) -> None:
         session = _Session(self, ws, endpoint)
         self.connections += 1
         link = self.state.control_plane
@@ -282,9 +312,14 @@ class SyncClient:
         link.connected_since = time.time()
         link.last_error = None
         log.info("connected to control plane %s", endpoint)
+        self._current = session
+        self._session_tls = tls
+        self._reconnect_now = False
         try:
             await session.run()
         finally:
+            self._current = None
+            self._session_tls = None
             reason = session.close_reason or "connection closed"
             link.connected = False
             link.disconnected_at = time.time()
@@ -332,6 +367,8 @@ class SyncClient:
         # payload), so that operators compare one value across the cluster.
         prepared = attrs.evolve(prepared, hash=snapshot.config_hash)
         self.applier.install(prepared, source="control_plane")
+        # Ack only once every proxy process runs it (worker processes apply asynchronously).
+        await self.applier.settle(prepared.version)
         self._running_version = snapshot.config_version
         self._running_hash = snapshot.config_hash
         self.state.control_plane.last_sync_at = time.time()
@@ -371,10 +408,17 @@ class _Session:
         send, receive = trio.open_memory_channel[SnapshotReceived](1)
         self._snapshots_in = send
         self._snapshots_out = receive
+        self._scope = trio.CancelScope()
+
+    def stop(self, reason: str) -> None:
+        """End the session with a normal close (the client then reconnects)."""
+        self._fail(1000, reason)
+        self._scope.cancel()
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 for task in (self._reader, self._writer, self._applier):
                     nursery.start_soon(self._until_done, task, nursery.cancel_scope)
         finally:

@@ -235,7 +235,7 @@ class WorkerPool:
                 async with trio.open_nursery() as nursery:
                     process: trio.Process = await nursery.start(
                         _run_process,
-                        [sys.executable, "-m", "gateway.proxy._workers"],
+                        [sys.executable, "-m", "gateway.proxy._worker_main"],
                         env,
                         [*fds, child.fileno()],
                         self._deliver_cancel,
@@ -384,11 +384,3 @@ async def worker_main() -> None:
                 task_status=task_status,
             )
         )
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        trio.run(worker_main)
-    except KeyboardInterrupt:
-        pass

@@ -1,0 +1,20 @@
+"""Entry point of a proxy worker process: ``python -m gateway.proxy._worker_main``.
+
+A module of its own, so that ``-m`` does not run ``gateway.proxy._workers`` a second time
+after the package imported it (runpy warns about that).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from gateway.proxy._workers import worker_main
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        trio.run(worker_main)
+    except KeyboardInterrupt:
+        pass
