@@ -10,6 +10,7 @@ next, never 6 after 7).
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 from typing import Any
 
@@ -17,6 +18,7 @@ import trio
 
 from gateway._config_apply import ConfigApplier, PreparedConfig
 from gateway.proxy import serve_proxy
+from gateway.proxy._state import upstream_health
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -53,6 +55,9 @@ async def start_proxy(
             "connections_active": proxy.connections(),
             "total_requests": proxy.requests_total,
         }
+        applier.node.upstream_health = lambda: [
+            {"worker": 0, "pid": os.getpid(), "upstreams": upstream_health(proxy.current.balancers)}
+        ]
         return bound
     from gateway.proxy._workers import serve_workers
 
@@ -68,6 +73,7 @@ async def start_proxy(
     )
     mailbox = _Latest()
     applier.subscribe(mailbox.put, settle=pool.wait_applied)
+    applier.node.upstream_health = pool.upstream_health
 
     async def publisher() -> None:
         while True:

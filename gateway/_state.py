@@ -43,6 +43,8 @@ class NodeState:
     control_plane: ControlPlaneLink = attrs.field(factory=ControlPlaneLink)
     #: where the proxy's counters come from (None: this node does not proxy in-process)
     proxy_stats: Callable[[], dict[str, int]] | None = None
+    #: per-worker upstream health (set by the proxy runner; None: this node does not proxy)
+    upstream_health: Callable[[], list[dict[str, Any]]] | None = None
 
     @property
     def ready(self) -> tuple[bool, str]:
@@ -84,9 +86,16 @@ class NodeState:
             doc["server"] = self.proxy_stats()
         if self.role == "data_plane":
             doc["control_plane"] = attrs.asdict(self.control_plane)
-        if self.cluster_cert_expiry is not None:
-            doc["cluster_certificate"] = {
-                "expiry_timestamp": int(self.cluster_cert_expiry),
-                "expiring_soon": self.cluster_cert_expiring_soon,
-            }
+        certificate = self.cluster_certificate()
+        if certificate is not None:
+            doc["cluster_certificate"] = certificate
         return doc
+
+    def cluster_certificate(self) -> dict[str, Any] | None:
+        """The node's own cluster certificate expiry (hybrid roles), for the status views."""
+        if self.cluster_cert_expiry is None:
+            return None
+        return {
+            "expiry_timestamp": int(self.cluster_cert_expiry),
+            "expiring_soon": self.cluster_cert_expiring_soon,
+        }

@@ -100,15 +100,18 @@ def install_meta_routes(
     async def status(request: AdminRequest, m: PathMatch) -> AdminResponse:
         reachable = await node.database_reachable()
         state = node.config_state()
-        return AdminResponse.json(
-            200,
-            {
-                "database": {"reachable": reachable},
-                "server": node.server_stats(),
-                "configuration_hash": state.get("hash"),
-                "configuration_version": state.get("version"),
-            },
-        )
+        payload: dict[str, Any] = {
+            "database": {"reachable": reachable},
+            "server": node.server_stats(),
+            "configuration_hash": state.get("hash"),
+            "configuration_version": state.get("version"),
+        }
+        # Optional in NodeView: hybrid nodes show their own cluster certificate's expiry.
+        reader = getattr(node, "cluster_certificate", None)
+        certificate = reader() if reader is not None else None
+        if certificate is not None:
+            payload["cluster_certificate"] = certificate
+        return AdminResponse.json(200, payload)
 
     async def endpoints(request: AdminRequest, m: PathMatch) -> AdminResponse:
         paths = sorted({route_path(r.pattern.pattern) for r in app._routes})
@@ -235,6 +238,20 @@ def install_meta_routes(
         }
         return AdminResponse.json(200, payload, headers=(("deprecation", "true"),))
 
+    async def cluster_refusals(request: AdminRequest, m: PathMatch) -> AdminResponse:
+        # Optional in NodeView (control planes): the last refused data plane connections.
+        reader = getattr(node, "cluster_refusals", None)
+        if node.role != "control_plane" or reader is None:
+            return AdminResponse.message(400, CP_ONLY)
+        return AdminResponse.json(200, {"data": reader(), "next": None})
+
+    async def cluster_certificates_reload(request: AdminRequest, m: PathMatch) -> AdminResponse:
+        # Optional in NodeView (control planes): SIGHUP's certificate reload, over HTTP.
+        reload = getattr(node, "reload_cluster_certificates", None)
+        if node.role != "control_plane" or reload is None:
+            return AdminResponse.message(400, CP_ONLY)
+        return AdminResponse.json(200, reload())
+
     async def not_found(request: AdminRequest, m: PathMatch) -> AdminResponse:
         return AdminResponse.message(404, "Not found")
 
@@ -262,6 +279,8 @@ def install_meta_routes(
         {"GET": not_found, "DELETE": not_found, "PATCH": not_found},
     )
     app.add_route("clustering/status", {"GET": cluster_status})
+    app.add_route("clustering/refusals", {"GET": cluster_refusals})
+    app.add_route("clustering/certificates/reload", {"POST": cluster_certificates_reload})
 
 
 _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")

@@ -145,6 +145,17 @@ class ConfigCache:
             log.error("config cache %s ignored: %s", self.path, exc)
             return None
 
+    def rekey(self, key: bytes) -> None:
+        """Use ``key`` from now on and re-encrypt the file in place (cluster key rotation:
+        a restart with the new key must still read the cache). No-op unless encrypted."""
+        if self.mode != "encrypted" or key == self._key:
+            return
+        cached = self.load()
+        self._key = key
+        if cached is not None:
+            self.store(cached)
+            log.info("config cache %s re-encrypted with the new cluster key", self.path)
+
     def store(self, cached: CachedConfig) -> None:
         """Write atomically (temp file, fsync, rename); mode 0600. No-op when off."""
         if self.mode == "off":

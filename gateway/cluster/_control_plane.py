@@ -6,15 +6,19 @@ Theory of operation (task tree)::
     ├── admin API              (every write bumps the store's config version)
     ├── status API             (when status_listen is set)
     ├── config publisher       store.watch -> export -> runtime view -> encode once
-    ├── cluster listener(s)    per TCP connection: mTLS -> websocket -> DataPlaneSession
-    ├── telemetry listener(s)  per TCP connection: mTLS -> websocket -> held open
+    ├── cluster listener(s)    per TCP connection: mTLS -> OCSP -> websocket -> DataPlaneSession
+    │                          (+ a revocation re-check task per session)
+    ├── telemetry listener(s)  per TCP connection: mTLS -> OCSP -> websocket -> held open
+    ├── certificate watch      SIGHUP / file changes -> ClusterMaterial.reload()
     └── purge loop             deletes rows of data planes not seen for the purge delay
 
 Security: a TCP connection on ``cluster_listen`` first goes through
-:func:`accept_cluster_peer` (TLS handshake plus the certificate policy); a peer it refuses
-is logged with its address and the reason and closed. Only then is the websocket upgrade
-read, so no byte of the sync protocol is ever parsed for an unauthenticated peer. A control
-plane never proxies.
+:func:`accept_cluster_peer` (TLS handshake plus the certificate policy, with the material
+current at that moment), then, in PKI mode with ``cluster_ocsp`` on or optional, through the
+revocation check (:class:`gateway.cluster._admission.Admission`); a peer that either refuses is
+logged with its address and the reason, listed by ``GET /clustering/refusals``, and closed.
+Only then is the websocket upgrade read, so no byte of the sync protocol is ever parsed for
+an unauthenticated or revoked peer. A control plane never proxies.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
-import certs
 from gateway._errors import ConfigError
 from gateway._net import bound_address, open_listener
 from gateway._node import (
@@ -44,10 +48,13 @@ from gateway._state import NodeState
 from gateway._status_api import StatusApp
 from gateway._version import __version__
 from gateway.admin import AdminApp, install_meta_routes
+from gateway.cluster._admission import Admission, certificate_label
+from gateway.cluster._material import ClusterMaterial, load_cluster_tls
+from gateway.cluster._ocsp import RevocationChecker, RevocationResult
 from gateway.cluster._publisher import ConfigPublisher
 from gateway.cluster._session import DataPlaneSession, PeerInfo, SessionOptions
 from gateway.cluster._telemetry import serve_telemetry_link
-from gateway.cluster._tls import ClusterPeerRejected, ClusterTLS, accept_cluster_peer
+from gateway.cluster._tls import ClusterPeer, ClusterPeerRejected, accept_cluster_peer
 from gateway.cluster._websocket import absorb_reader_errors, accept_websocket
 from gateway.plugins import plugin_versions
 from gateway.schema.entities import ENTITIES
@@ -68,41 +75,6 @@ log = logging.getLogger("gateway.cluster")
 HANDSHAKE_TIMEOUT = 10.0
 #: The websocket library counts characters of text frames; leave room for framing.
 _MAX_DP_MESSAGE = MAX_CONTROL_MESSAGE + 4096
-
-
-def load_cluster_tls(settings: Settings) -> ClusterTLS:
-    """The cluster TLS material from the settings, errors as ``ConfigError``."""
-    if not settings.cluster_cert or not settings.cluster_cert_key:
-        raise ConfigError(
-            "cluster certificate and key must be provided to use Hybrid mode", key="cluster_cert"
-        )
-    try:
-        tls = ClusterTLS.load(
-            mode=settings.cluster_mtls,
-            cluster_cert=settings.cluster_cert,
-            cluster_cert_key=settings.cluster_cert_key,
-            cluster_ca_cert=settings.cluster_ca_cert,
-            server_name=getattr(settings, "cluster_server_name", None),
-        )
-    except (certs.CertificateError, ValueError, OSError) as exc:
-        raise ConfigError(str(exc), key="cluster_cert") from exc
-    # A node whose own certificate is outside its validity window would only be refused
-    # by every peer: stop at start with the reason instead of dialling in a loop.
-    try:
-        certs.check_validity(tls.leaf, datetime.now(UTC))
-    except certs.VerificationError as exc:
-        raise ConfigError(f"cluster_cert: {exc.reason}", key="cluster_cert") from exc
-    return tls
-
-
-def note_cert_expiry(settings: Settings, tls: ClusterTLS, state: NodeState) -> None:
-    expiry = tls.expires_at.timestamp()
-    state.cluster_cert_expiry = expiry
-    days = settings.cluster_cert_expiry_warning
-    left = (expiry - time.time()) / 86400
-    state.cluster_cert_expiring_soon = days > 0 and left < days
-    if state.cluster_cert_expiring_soon:
-        log.warning("the cluster certificate expires in %.1f days (%s)", left, tls.expires_at)
 
 
 def peer_address(stream: trio.abc.Stream) -> tuple[str, str]:
@@ -126,14 +98,23 @@ class ControlPlane:
         *,
         store: Store,
         state: NodeState,
-        tls: ClusterTLS,
+        material: ClusterMaterial,
         publisher: ConfigPublisher,
     ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
-        self.tls = tls
+        self.material = material
         self.publisher = publisher
+        checker = None
+        if settings.cluster_mtls == "pki" and settings.cluster_ocsp != "off":
+            # One checker per control plane: every connection shares its cache.
+            checker = RevocationChecker(
+                settings.cluster_ocsp,
+                timeout=settings.cluster_ocsp_timeout,
+                recheck_interval=settings.cluster_ocsp_recheck_interval,
+            )
+        self.admission = Admission(checker, recheck_interval=settings.cluster_ocsp_recheck_interval)
         self.sessions: set[DataPlaneSession] = set()
         self.options = SessionOptions(
             node_id=state.node_id,
@@ -146,29 +127,46 @@ class ControlPlane:
             row_write_interval=min(5.0, settings.cluster_heartbeat_interval),
         )
 
-    async def _authenticate(self, stream: trio.abc.Stream, shown: str) -> Any:
-        """mTLS handshake and policy; None when refused (already logged with the reason)."""
+    async def _authenticate(
+        self, stream: trio.abc.Stream, shown: str
+    ) -> tuple[ClusterPeer, RevocationResult] | None:
+        """mTLS handshake, policy and revocation check; None when refused (already logged,
+        recorded for ``/clustering/refusals`` and closed)."""
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                return await accept_cluster_peer(
-                    stream, self.tls, peer=shown, now=datetime.now(UTC)
+                # The material current now: a rotation applies to the next connection.
+                peer = await accept_cluster_peer(
+                    stream, self.material.current, peer=shown, now=datetime.now(UTC)
                 )
-        except ClusterPeerRejected:
+        except ClusterPeerRejected as exc:  # logged by accept_cluster_peer
+            self.admission.record(shown, "handshake", exc.reason)
             return None
         except trio.TooSlowError:
             log.warning("peer %s rejected: no TLS handshake within %g s", shown, HANDSHAKE_TIMEOUT)
+            await trio.aclose_forcefully(stream)
+            return None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.warning("peer %s rejected: connection failed during TLS: %s", shown, exc)
-        await trio.aclose_forcefully(stream)
-        return None
+            await trio.aclose_forcefully(stream)
+            return None
+        try:
+            verdict = await self.admission.admit(peer)
+        except BaseException:
+            await trio.aclose_forcefully(peer.stream)
+            raise
+        if verdict is None:
+            await trio.aclose_forcefully(peer.stream)
+            return None
+        return peer, verdict
 
     async def handle_sync_connection(self, stream: trio.abc.Stream) -> None:
         """One TCP connection on ``cluster_listen``. Never raises for peer behaviour."""
         ip, shown = peer_address(stream)
         try:
-            peer = await self._authenticate(stream, shown)
-            if peer is None:
+            admitted = await self._authenticate(stream, shown)
+            if admitted is None:
                 return
+            peer, verdict = admitted
             info = PeerInfo(ip=ip, address=shown, cert_expiry=peer.expires_at.timestamp())
             with absorb_reader_errors():
                 async with trio.open_nursery() as nursery:  # hosts the websocket reader task
@@ -189,6 +187,7 @@ class ControlPlane:
                             publisher=self.publisher,
                             store=self.store,
                             options=self.options,
+                            revocation_watch=self._revocation_watch(peer, verdict),
                         )
                         self.sessions.add(session)
                         self.publisher.sessions = len(self.sessions)
@@ -203,18 +202,50 @@ class ControlPlane:
         finally:
             await trio.aclose_forcefully(stream)
 
+    def _revocation_watch(
+        self, peer: ClusterPeer, verdict: RevocationResult
+    ) -> Callable[[], Awaitable[str]] | None:
+        """The session's re-check task (None when there is nothing to re-check)."""
+        if self.admission.checker is None or self.settings.cluster_ocsp_recheck_interval <= 0:
+            return None
+
+        async def watch() -> str:
+            return await self.admission.watch(peer, verdict)
+
+        return watch
+
     async def handle_telemetry_connection(self, stream: trio.abc.Stream) -> None:
         _, shown = peer_address(stream)
         try:
-            peer = await self._authenticate(stream, shown)
-            if peer is None:
+            admitted = await self._authenticate(stream, shown)
+            if admitted is None:
                 return
-            await serve_telemetry_link(
-                peer.stream,
-                peer=shown,
-                timeout=HANDSHAKE_TIMEOUT,
-                silence_timeout=self.settings.cluster_heartbeat_timeout,
-            )
+            peer, verdict = admitted
+            # The link and its revocation re-check: a revoked DP loses this link too.
+            async with trio.open_nursery() as nursery:
+
+                async def link() -> None:
+                    await serve_telemetry_link(
+                        peer.stream,
+                        peer=shown,
+                        timeout=HANDSHAKE_TIMEOUT,
+                        silence_timeout=self.settings.cluster_heartbeat_timeout,
+                    )
+                    nursery.cancel_scope.cancel()
+
+                async def revoked() -> None:
+                    reason = await self.admission.watch(peer, verdict)
+                    log.warning(
+                        "telemetry link of data plane %s closed: %s (%s)",
+                        shown,
+                        reason,
+                        certificate_label(peer.certificate),
+                    )
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(link)
+                if self.admission.checker is not None:
+                    nursery.start_soon(revoked)
         except Exception:
             log.exception("telemetry connection from %s failed", shown)
         finally:
@@ -235,7 +266,23 @@ class ControlPlane:
 
 
 class _ControlPlaneAdmin(_AdminNode):
-    """Adds ``ttl`` (seconds until the row is purged) to ``/clustering/data-planes``."""
+    """Adds ``ttl`` (seconds until the row is purged) to ``/clustering/data-planes``, the
+    refusals, the certificate reload and the node's certificate expiry."""
+
+    def __init__(
+        self, settings: Settings, state: NodeState, store: Store, cluster: ControlPlane
+    ) -> None:
+        super().__init__(settings, state, store, None)
+        self.cluster = cluster
+
+    def cluster_refusals(self) -> list[dict[str, Any]]:
+        return self.cluster.admission.recent()
+
+    def reload_cluster_certificates(self) -> dict[str, Any]:
+        return self.cluster.material.reload_report()
+
+    def cluster_certificate(self) -> dict[str, Any] | None:
+        return self.state.cluster_certificate()
 
     async def data_planes(
         self, *, size: int, offset: str | None
@@ -280,20 +327,22 @@ async def serve_control_plane(
     prefix = prepare_prefix(settings)
     node_id = load_or_create_node_id(prefix, str(settings.node_id) if settings.node_id else None)
     state = NodeState(role="control_plane", node_id=node_id)
-    tls = load_cluster_tls(settings)
-    note_cert_expiry(settings, tls, state)
+    material = ClusterMaterial(settings, state)  # ConfigError on bad material
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_node_store(settings))
         publisher = ConfigPublisher(store, state, coalesce=settings.cluster_sync_coalesce)
-        cluster = ControlPlane(settings, store=store, state=state, tls=tls, publisher=publisher)
-        # Admin, status, publisher, cluster and telemetry listeners and the purge loop are
-        # siblings: any of them failing stops the node.
+        cluster = ControlPlane(
+            settings, store=store, state=state, material=material, publisher=publisher
+        )
+        # Admin, status, publisher, cluster and telemetry listeners, the certificate watch
+        # and the purge loop are siblings: any of them failing stops the node.
         async with trio.open_nursery() as nursery:
             await nursery.start(publisher.run)
+            await nursery.start(material.watch)
             addresses: dict[str, tuple[tuple[str, int], ...]] = {}
             if settings.admin_listen:
                 app = AdminApp(store=store, schemas=ENTITIES)
-                install_meta_routes(app, _ControlPlaneAdmin(settings, state, store, None))
+                install_meta_routes(app, _ControlPlaneAdmin(settings, state, store, cluster))
                 addresses["admin"] = tuple(
                     await start_http_api(
                         nursery,
@@ -308,7 +357,7 @@ async def serve_control_plane(
                 addresses["status"] = tuple(
                     await start_http_api(
                         nursery,
-                        StatusApp(state),
+                        StatusApp(state, reload_certificates=material.reload_report),
                         settings.status_listen,
                         certs=settings.status_ssl_cert,
                         keys=settings.status_ssl_cert_key,

@@ -4,8 +4,11 @@ Theory of operation (task tree)::
 
     serve_data_plane
     ├── proxy          serves the configuration in force (ProxyState, one swap per apply)
-    ├── status API     /status (config version, hash, CP link), /status/ready
-    └── sync client    CP -> validate -> swap -> cache -> ack (reconnects forever)
+    ├── status API     /status (config version, hash, CP link), /status/ready,
+    │                  POST /status/certificates/reload
+    ├── certificate watch  SIGHUP / file changes -> ClusterMaterial.reload()
+    └── sync client    CP -> validate -> swap -> cache -> ack (reconnects forever; each
+                       connection uses the cluster material current at that moment)
 
 Start sequence (the seed's "DP node start sequence"; no database, ever):
 
@@ -38,7 +41,7 @@ from gateway._state import NodeState
 from gateway._status_api import StatusApp
 from gateway._version import __version__
 from gateway.cluster._cache import CachedConfig, ConfigCache, derive_cache_key
-from gateway.cluster._control_plane import load_cluster_tls, note_cert_expiry
+from gateway.cluster._material import ClusterMaterial
 from gateway.cluster._sync_client import SyncClient, SyncClientOptions
 from gateway.declarative import load_declarative, parse_declarative
 from gateway.plugins import plugin_versions
@@ -122,11 +125,14 @@ async def serve_data_plane(
     prefix = prepare_prefix(settings)
     node_id = load_or_create_node_id(prefix, str(settings.node_id) if settings.node_id else None)
     state = NodeState(role="data_plane", node_id=node_id)
-    tls = load_cluster_tls(settings)
-    note_cert_expiry(settings, tls, state)
+    material = ClusterMaterial(settings, state)  # ConfigError on bad material
     proxy = ProxyState()
     applier = ConfigApplier(proxy, state)
-    cache = open_cache(settings, tls.key)
+    cache = open_cache(settings, material.current.key)
+    if cache.mode == "encrypted":
+        # The encrypted cache is keyed from the cluster key: follow a key rotation, so
+        # that a restart with the new key can still read the cache.
+        material.on_reload.append(lambda fresh: cache.rekey(derive_cache_key(fresh.key)))
     await load_initial_config(settings, applier, cache)
     client = SyncClient(
         options=SyncClientOptions(
@@ -141,14 +147,17 @@ async def serve_data_plane(
             backoff_min=settings.cluster_reconnect_backoff_min,
             backoff_max=settings.cluster_reconnect_backoff_max,
         ),
-        tls=tls,
+        tls=material.current,
+        material=material,
         state=state,
         applier=applier,
         cache=cache,
     )
-    # Proxy, status API and sync client are siblings; the sync client never raises for
-    # anything the network or the control plane does, so the proxy keeps serving.
+    # Proxy, status API, certificate watch and sync client are siblings; the sync client
+    # never raises for anything the network or the control plane does, so the proxy keeps
+    # serving.
     async with trio.open_nursery() as nursery:
+        await nursery.start(material.watch)
         addresses: dict[str, tuple[tuple[str, int], ...]] = {}
         bound = await start_proxy(nursery, settings, applier)
         addresses["proxy"] = tuple(bound)
@@ -158,7 +167,11 @@ async def serve_data_plane(
             addresses["status"] = tuple(
                 await start_http_api(
                     nursery,
-                    StatusApp(state),
+                    StatusApp(
+                        state,
+                        reload_certificates=material.reload_report,
+                        reconnect=client.reconnect_if_stale,
+                    ),
                     settings.status_listen,
                     certs=settings.status_ssl_cert,
                     keys=settings.status_ssl_cert_key,

@@ -24,10 +24,13 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 
 import certs
+from gateway._errors import ConfigError
 from gateway._state import NodeState
 from gateway.cluster._tls import ClusterTLS
 from gateway.settings import Settings
@@ -36,24 +39,43 @@ log = logging.getLogger("gateway.cluster")
 
 
 def load_cluster_tls(settings: Settings, *, now: datetime | None = None) -> ClusterTLS:
-    """Load and check the cluster material named by ``settings``; raise CertificateError."""
+    """Load and check the cluster material named by ``settings``; errors as ``ConfigError``.
+
+    The one loader for start and reload: the node refuses to start, and a reload is refused,
+    for the same reasons (missing, unreadable, key mismatch, not a root CA in PKI mode,
+    outside its validity window).
+    """
     if not settings.cluster_cert or not settings.cluster_cert_key:
-        raise certs.CertificateError(
-            "cluster certificate and key must be provided to use Hybrid mode"
+        raise ConfigError(
+            "cluster certificate and key must be provided to use Hybrid mode", key="cluster_cert"
         )
-    tls = ClusterTLS.load(
-        mode=settings.cluster_mtls,
-        cluster_cert=settings.cluster_cert,
-        cluster_cert_key=settings.cluster_cert_key,
-        cluster_ca_cert=settings.cluster_ca_cert,
-        server_name=settings.cluster_server_name,
-    )
-    at = now or datetime.now(UTC)
     try:
-        certs.check_validity(tls.leaf, at)
+        tls = ClusterTLS.load(
+            mode=settings.cluster_mtls,
+            cluster_cert=settings.cluster_cert,
+            cluster_cert_key=settings.cluster_cert_key,
+            cluster_ca_cert=settings.cluster_ca_cert,
+            server_name=settings.cluster_server_name,
+        )
+    except (certs.CertificateError, ValueError, OSError) as exc:
+        raise ConfigError(str(exc), key="cluster_cert") from exc
+    # A node whose own certificate is outside its validity window would only be refused
+    # by every peer: stop at start with the reason instead of dialling in a loop.
+    try:
+        certs.check_validity(tls.leaf, now or datetime.now(UTC))
     except certs.VerificationError as exc:
-        raise certs.CertificateError(f"cluster_cert: {exc.reason}") from exc
+        raise ConfigError(f"cluster_cert: {exc.reason}", key="cluster_cert") from exc
     return tls
+
+
+@attrs.frozen(kw_only=True)
+class ReloadOutcome:
+    """What ``POST .../certificates/reload`` answers."""
+
+    reloaded: bool
+    generation: int
+    error: str | None
+    expiry_timestamp: int
 
 
 class ClusterMaterial:
@@ -70,6 +92,8 @@ class ClusterMaterial:
         self.current: ClusterTLS = loader(settings)
         self.generation = 1
         self.last_reload_error: str | None = None
+        #: Called with the new material after each successful reload (e.g. re-key a cache).
+        self.on_reload: list[Callable[[ClusterTLS], None]] = []
         self._mtimes = self._file_mtimes()
         self.check_expiry()
 
@@ -78,7 +102,13 @@ class ClusterMaterial:
         """Load the material again; install it if valid. True when new material is in use."""
         try:
             fresh = self._loader(self.settings)
-        except (certs.CertificateError, certs.VerificationError, ValueError, OSError) as exc:
+        except (
+            ConfigError,
+            certs.CertificateError,
+            certs.VerificationError,
+            ValueError,
+            OSError,
+        ) as exc:
             self.last_reload_error = str(exc)
             log.error("cluster certificate reload refused, keeping the current one: %s", exc)
             return False
@@ -98,7 +128,25 @@ class ClusterMaterial:
             fresh.expires_at.isoformat(),
         )
         self.check_expiry()
+        for callback in self.on_reload:
+            try:
+                callback(fresh)
+            except Exception:
+                log.exception("after the cluster certificate reload")
         return True
+
+    def reload_report(self) -> dict[str, Any]:
+        """``reload()`` for the HTTP endpoints: ``{"reloaded", "generation", "error",
+        "expiry_timestamp"}`` (the expiry of the material in use afterwards)."""
+        reloaded = self.reload()
+        return attrs.asdict(
+            ReloadOutcome(
+                reloaded=reloaded,
+                generation=self.generation,
+                error=self.last_reload_error,
+                expiry_timestamp=int(self.current.expires_at.timestamp()),
+            )
+        )
 
     def _sources(self) -> list[Path]:
         paths = []

@@ -18,12 +18,16 @@ Modes:
   allowed and a warning is logged. A response that fails its checks is *never* treated as
   ``good``: in ``optional`` it counts as "no verdict", exactly like an unreachable
   responder (an attacker able to forge it could as well block the responder).
+  NOTE: Kong counts it as revoked in both modes; pinned by tests/integration/
+  test_revocation.py::test_optional_refuses_revoked_and_allows_without_a_verdict.
 * ``off``: no check.
 
 ``good`` verdicts are cached per certificate (issuer key hash, serial) until ``nextUpdate``,
 at most ``max_cache_seconds``, so a reconnect storm does not hammer the responder; other
-verdicts are not cached. Connected DPs are re-checked by their session (see
-``next_check_at``): a DP revoked meanwhile is disconnected and cannot reconnect.
+verdicts are not cached, and a ``revoked`` verdict drops the cached ``good`` one (the DP it
+disconnects cannot come back through the cache). Connected DPs are re-checked by the
+control plane (see ``next_check_at``; ``recheck_interval <= 0`` disables re-checks): a DP
+revoked meanwhile is disconnected and cannot reconnect.
 """
 
 from __future__ import annotations
@@ -160,18 +164,21 @@ class RevocationChecker:
         self.skew = skew
         self.max_cache_seconds = max_cache_seconds
         self.max_cache_entries = max_cache_entries
-        self._cache: OrderedDict[tuple[bytes, int], tuple[float, float]] = OrderedDict()
+        #: (issuer key hash, serial) -> (cache expiry, next re-check or None)
+        self._cache: OrderedDict[tuple[bytes, int], tuple[float, float | None]] = OrderedDict()
         self.responder_requests = 0
 
-    def _cached(self, key: tuple[bytes, int], now: float) -> float | None:
+    def _cached(self, key: tuple[bytes, int], now: float) -> tuple[float, float | None] | None:
         entry = self._cache.get(key)
         if entry is None:
             return None
-        expires, next_check = entry
-        if expires <= now:
+        if entry[0] <= now:
             del self._cache[key]
             return None
-        return next_check
+        return entry
+
+    def _recheck_at(self, now: float) -> float | None:
+        return now + self.recheck_interval if self.recheck_interval > 0 else None
 
     async def check(
         self,
@@ -187,10 +194,10 @@ class RevocationChecker:
         if issuer is None:
             return self._no_verdict(now, "no issuer certificate in the verified chain")
         key = _cache_key(leaf, issuer)
-        next_check = self._cached(key, now) if use_cache else None
-        if next_check is not None:
+        cached = self._cached(key, now) if use_cache else None
+        if cached is not None:
             return RevocationResult(
-                allowed=True, status="good", reason="good (cached)", next_check_at=next_check
+                allowed=True, status="good", reason="good (cached)", next_check_at=cached[1]
             )
         url = certs.ocsp_responder_url(leaf)
         if url is None:
@@ -207,23 +214,27 @@ class RevocationChecker:
         except VerificationError as exc:
             return self._no_verdict(now, f"failed to validate OCSP response: {exc.reason}")
         if verdict.status is OcspStatus.REVOKED:
+            self._cache.pop(key, None)
             when = verdict.revocation_time.isoformat() if verdict.revocation_time else "?"
             reason = verdict.revocation_reason or "unspecified"
             return RevocationResult(
                 allowed=False,
                 status="revoked",
+                # Kong's text (kong-behaviour.md 11.3 #32), then the details.
                 reason=(
-                    'client certificate was revoked: certificate status "revoked" in the '
-                    f"OCSP response (since {when}, reason {reason})"
+                    "data plane client certificate was revoked: failed to validate OCSP "
+                    'response: certificate status "revoked" in the OCSP response '
+                    f"(since {when}, reason {reason})"
                 ),
             )
         if verdict.status is not OcspStatus.GOOD:
             return self._no_verdict(now, 'certificate status "unknown" in the OCSP response')
-        next_check = now + self.recheck_interval
+        next_check = self._recheck_at(now)
         expires = now + self.max_cache_seconds
         if verdict.next_update is not None:
             nu = verdict.next_update.timestamp()
-            next_check = min(next_check, nu)
+            if next_check is not None:
+                next_check = min(next_check, nu)
             expires = min(expires, nu)
         if expires > now:
             self._cache[key] = (expires, next_check)
@@ -246,7 +257,7 @@ class RevocationChecker:
             status="no_verdict",
             reason=f"data plane client certificate revocation check failed: {why}",
             # No verdict now: ask again later, a revocation may show up then.
-            next_check_at=now + self.recheck_interval,
+            next_check_at=self._recheck_at(now),
         )
 
     def forget(self, leaf: x509.Certificate, issuer: x509.Certificate) -> None:

@@ -6,7 +6,8 @@ Theory of operation (task tree, one nursery per data plane)::
     ├── reader        link.receive -> core.receive_message -> events -> row
     ├── writer        core.next_outbound -> core.send -> link.send; heartbeats; peer timeout
     ├── config        publisher.wait_changed -> core.set_config (status, snapshot due)
-    └── row writer    writes the data plane's status row (coalesced, heartbeats throttled)
+    ├── row writer    writes the data plane's status row (coalesced, heartbeats throttled)
+    └── revocation    (optional) returns when the DP certificate is revoked: close 1008
 
 The sans-I/O core decides everything protocol-related (what may be sent, the sync status,
 drift, one snapshot in flight, timing); this module only moves bytes, reads the clock and
@@ -56,6 +57,8 @@ log = logging.getLogger("gateway.cluster")
 #: Close code when this control plane stops (websocket "going away").
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
+#: Close code when the data plane's certificate was revoked (websocket "policy violation").
+CLOSE_POLICY_VIOLATION = 1008
 #: Most nack entity errors kept in the status row.
 _ROW_ERRORS = 20
 
@@ -102,7 +105,10 @@ class DataPlaneSession:
         store: Store,
         options: SessionOptions,
         on_open: Callable[[DataPlaneSession], Awaitable[None]] | None = None,
+        revocation_watch: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
+        """``revocation_watch`` returns (with the reason) only when the data plane's
+        certificate was found revoked; the session then closes the link (1008)."""
         self.link = link
         self.peer = peer
         self.publisher = publisher
@@ -127,6 +133,7 @@ class DataPlaneSession:
         self._row_dirty = False
         self._last_row_write = -float("inf")
         self._on_open = on_open
+        self._revocation_watch = revocation_watch
 
     @property
     def node_label(self) -> str:
@@ -143,6 +150,8 @@ class DataPlaneSession:
             async with trio.open_nursery() as nursery:
                 for task in (self._reader, self._writer, self._follow_config, self._row_writer):
                     nursery.start_soon(self._until_done, task, nursery.cancel_scope)
+                if self._revocation_watch is not None:
+                    nursery.start_soon(self._until_done, self._revoked, nursery.cancel_scope)
         finally:
             with trio.CancelScope(shield=True):
                 if self._close is None:  # cancelled: this control plane is stopping
@@ -168,6 +177,14 @@ class DataPlaneSession:
         if self._close is None:
             self._close = (code, reason)
         self.close_reason = reason
+
+    async def _revoked(self) -> None:
+        assert self._revocation_watch is not None
+        reason = await self._revocation_watch()
+        log.warning("data plane %s disconnected: %s", self.node_label, reason)
+        self._fail(CLOSE_POLICY_VIOLATION, "data plane certificate revoked")
+        self.close_reason = reason
+        self._note_error(reason)
 
     async def _reader(self) -> None:
         while True:

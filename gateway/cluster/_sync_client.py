@@ -323,7 +323,8 @@ class SyncClient:
             reason = session.close_reason or "connection closed"
             link.connected = False
             link.disconnected_at = time.time()
-            stopping = reason == "data plane stopping"
+            # A stop, or a reconnect we asked for (a reloaded certificate), is no error.
+            stopping = reason == "data plane stopping" or self._reconnect_now
             if not stopping:
                 link.last_error = reason
             log.log(

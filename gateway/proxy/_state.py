@@ -196,6 +196,18 @@ def compile_config(
 EMPTY_CONFIG: Mapping[str, Any] = {"_format_version": "3.0"}
 
 
+def upstream_health(balancers: Balancers) -> list[dict[str, Any]]:
+    """Every upstream's health as the status API shows it: its own state and its targets."""
+    return [
+        {
+            "name": balancer.name,
+            "health": balancer.balancer_health(),
+            "targets": balancer.health_snapshot(),
+        }
+        for balancer in sorted(balancers, key=lambda b: b.name)
+    ]
+
+
 class ProxyState:
     """The config the proxy runs. ``current`` is read once per request; ``swap`` replaces it."""
 

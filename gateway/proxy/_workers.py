@@ -19,6 +19,9 @@ control channel. Frames are ``kind (1 byte) | length (4) | version (8) | payload
   the same bytes to every worker; a restarted worker first gets the latest one. The worker
   compiles it in a thread and swaps it in.
 * ``A`` worker -> supervisor: the version now running (``WorkerPool.applied``).
+* ``H`` worker -> supervisor: every 2 s, when the config has upstreams, the worker's view of
+  upstream health (JSON, ``upstream_health``); the status API shows one entry per worker
+  (``WorkerPool.upstream_health``).
 
 A worker exits gracefully (stops accepting, drains within the deadline) on SIGTERM,
 SIGQUIT, SIGINT or EOF on the control channel (the supervisor died). The supervisor restarts a
@@ -47,13 +50,15 @@ import trio
 
 from gateway.proxy._handler import ProxyOptions
 from gateway.proxy._serve import ListenSocket, bind_listen_sockets, inherited_sockets, serve_proxy
-from gateway.proxy._state import ProxyState, compile_config
+from gateway.proxy._state import ProxyState, compile_config, upstream_health
 
 __all__ = ["WorkerPool", "WorkerSetup", "encode_config_frame", "serve_workers", "worker_main"]
 
 log = logging.getLogger("gateway.proxy.workers")
 
 _HEADER = struct.Struct(">cIQ")
+#: How often a worker reports its view of upstream health to the supervisor.
+HEALTH_REPORT_INTERVAL = 2.0
 MAX_FRAME = 512 * 1024 * 1024
 
 
@@ -116,6 +121,8 @@ class _Slot:
         self.control: trio.SocketStream | None = None
         self.applied = 0
         self.send_lock = trio.Lock()
+        #: the worker's last upstream health report (``upstream_health`` documents)
+        self.health: list[dict[str, Any]] = []
 
 
 class WorkerPool:
@@ -157,6 +164,14 @@ class WorkerPool:
 
     def applied(self) -> list[int]:
         return [s.applied for s in self.slots]
+
+    def upstream_health(self) -> list[dict[str, Any]]:
+        """What each worker last reported of upstream health (``pid`` and ``upstreams``)."""
+        return [
+            {"worker": slot.index, "pid": slot.pid, "upstreams": slot.health}
+            for slot in self.slots
+            if slot.pid is not None
+        ]
 
     async def wait_applied(self, version: int) -> None:
         """Return once every worker runs ``version`` (or a later one)."""
@@ -268,17 +283,23 @@ class WorkerPool:
             backoff = min(backoff * 2, 5.0)
 
     async def _read_acks(self, slot: _Slot, control: trio.SocketStream) -> None:
+        """Read a worker's frames: ``A`` (version applied) and ``H`` (upstream health)."""
         buf = bytearray()
         try:
             while True:
                 frame = await read_frame(control, buf)
                 if frame is None:
                     return
-                kind, version, _payload = frame
+                kind, version, payload = frame
                 if kind == b"A":
                     slot.applied = version
                     self._acked.set()
                     self._acked = trio.Event()
+                elif kind == b"H":
+                    try:
+                        slot.health = json.loads(payload)
+                    except ValueError:
+                        slot.health = []
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             return
 
@@ -372,8 +393,23 @@ async def worker_main() -> None:
                     nursery.cancel_scope.cancel()
                     return
 
+        async def report_health() -> None:
+            # Health checks run in each worker; tell the supervisor what this one sees, so
+            # the status API can show it (a few hundred bytes every 2 s, only with upstreams).
+            while True:
+                await trio.sleep(HEALTH_REPORT_INTERVAL)
+                doc = upstream_health(state.current.balancers)
+                if not doc:
+                    continue
+                payload = json.dumps(doc, separators=(",", ":")).encode()
+                try:
+                    await control.send_all(encode_frame(b"H", state.current.version, payload))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
         nursery.start_soon(signals)
         nursery.start_soon(control_loop)
+        nursery.start_soon(report_health)
         await nursery.start(
             lambda task_status: serve_proxy(
                 setup.settings or _Settings(setup.tls_pairs),

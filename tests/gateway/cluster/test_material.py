@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from certs import CertificateError, generate_cluster_certificate
+from certs import generate_cluster_certificate
+from gateway._errors import ConfigError
 from gateway._state import NodeState
 from gateway.cluster._material import ClusterMaterial
 from gateway.settings import load_settings
@@ -61,8 +62,18 @@ def test_rotation_installs_new_material_and_refuses_bad(
 
 def test_expired_material_is_refused_at_start_and_on_reload(tmp_path: Path) -> None:
     _write_pair(tmp_path, days=1, start=datetime.now(UTC) - timedelta(days=3))
-    with pytest.raises(CertificateError, match="expired"):
+    # One loader for start and reload: ConfigError at start (the CLI prints "Error: ...").
+    with pytest.raises(ConfigError, match="expired"):
         ClusterMaterial(_settings(tmp_path))  # type: ignore[arg-type]
+    _write_pair(tmp_path)
+    material = ClusterMaterial(_settings(tmp_path))  # type: ignore[arg-type]
+    first = material.current
+    _write_pair(tmp_path, days=1, start=datetime.now(UTC) - timedelta(days=3))
+    report = material.reload_report()
+    assert report["reloaded"] is False
+    assert "expired" in report["error"]
+    assert report["generation"] == 1
+    assert material.current is first
 
 
 def test_unchanged_material_is_not_swapped(tmp_path: Path) -> None:

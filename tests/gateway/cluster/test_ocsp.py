@@ -171,3 +171,25 @@ async def test_revocation_seen_by_a_fresh_check(tmp_path: Path, pki: DevPki, por
         result = await checker.check(leaf, issuer, now=time.time(), use_cache=False)
     assert not result.allowed
     assert result.status == "revoked"
+
+
+async def test_revoked_verdict_drops_the_cached_good_one(
+    tmp_path: Path, pki: DevPki, port: int
+) -> None:
+    """A DP disconnected by a re-check cannot come back through the cached good answer."""
+    leaf, issuer = pki.data_planes[0].certificate, pki.leaf_issuer.certificate
+    checker = RevocationChecker("on", timeout=5, recheck_interval=0)
+    with openssl_ocsp_responder(tmp_path, pki, port):
+        good = await checker.check(leaf, issuer, now=time.time())
+    assert good.allowed
+    assert good.next_check_at is None  # recheck_interval 0: no periodic re-check
+    with openssl_ocsp_responder(tmp_path, pki, port, revoked=(0,)):
+        revoked = await checker.check(leaf, issuer, now=time.time(), use_cache=False)
+        assert revoked.status == "revoked"
+        assert revoked.reason.startswith(
+            "data plane client certificate was revoked: failed to validate OCSP response: "
+            'certificate status "revoked" in the OCSP response'
+        )
+        again = await checker.check(leaf, issuer, now=time.time())  # cache allowed
+    assert again.status == "revoked"
+    assert checker.responder_requests == 3
