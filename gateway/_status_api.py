@@ -1,9 +1,13 @@
-"""The Status API (``status_listen``): ``GET /status``, ``GET /status/ready`` and, on hybrid
-nodes, ``POST /status/certificates/reload``.
+"""The Status API (``status_listen``): ``GET /status``, ``GET /status/ready``,
+``GET /status/upstreams[/{name}]`` and, on hybrid nodes, ``POST /status/certificates/reload``.
 
 Available on every role; on a data plane it is the only HTTP surface besides the proxy.
 ``/status/ready`` answers 200 only once a non-empty configuration is loaded (load balancers
 and orchestrators use it), 503 with the reason before.
+
+``GET /status/upstreams`` shows upstream and target health as every proxy process sees it
+(Kong offers no such view on data planes); with worker processes, each worker reports its
+own view every 2 s.
 
 ``POST /status/certificates/reload`` re-reads the node's cluster certificate files (the
 same as SIGHUP; it takes no input, only the configured files are read) and answers
@@ -47,12 +51,32 @@ class StatusApp:
             return AdminResponse.message(405, "Method not allowed")
         if path == "/status":
             return AdminResponse.json(200, self.state.status_document())
+        if path == "/status/upstreams" or path.startswith("/status/upstreams/"):
+            return self._upstreams(path.removeprefix("/status/upstreams").strip("/"))
         if path == "/status/ready":
             ready, reason = self.state.ready
             if ready:
                 return AdminResponse.message(200, "ready")
             return AdminResponse.message(503, reason)
         return AdminResponse.message(404, "Not found")
+
+    def _upstreams(self, name: str) -> AdminResponse:
+        """Upstream and target health as each proxy process sees it (health checks run in
+        every worker process; one entry per worker)."""
+        report = self.state.upstream_health
+        if report is None:
+            return AdminResponse.message(
+                400, "this node does not proxy (no upstream health to report)"
+            )
+        workers = report()
+        if name:
+            workers = [
+                {**w, "upstreams": [u for u in w["upstreams"] if u.get("name") == name]}
+                for w in workers
+            ]
+            if not any(w["upstreams"] for w in workers):
+                return AdminResponse.message(404, f"no upstream named '{name}' is configured")
+        return AdminResponse.json(200, {"data": workers})
 
     def _reload(self, request: AdminRequest) -> AdminResponse:
         if self.reload_certificates is None:

@@ -1,0 +1,65 @@
+"""Upstream and target health on the Status API, in-process and with worker processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers import ProcessGroup, Upstream, http, poll
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_target_health_visible_on_the_status_api(
+    processes: ProcessGroup, upstream: Upstream, workers: int
+) -> None:
+    node = processes.node(
+        "node",
+        {
+            "admin_listen": "127.0.0.1:0",
+            "proxy_listen": "127.0.0.1:0",
+            "status_listen": "127.0.0.1:0",
+            "worker_processes": workers,
+        },
+    )
+    admin = node.url("admin")
+    checks = {
+        "active": {
+            "http_path": "/",
+            "healthy": {"interval": 0.1, "successes": 1},
+            "unhealthy": {"interval": 0.1, "tcp_failures": 1, "http_failures": 1},
+        }
+    }
+    assert (
+        http(
+            "POST",
+            admin + "/upstreams",
+            json_body={
+                "name": "pool",
+                "healthchecks": checks,
+            },
+        ).status
+        == 201
+    )
+    live = f"127.0.0.1:{upstream.port}"
+    assert http("POST", admin + "/upstreams/pool/targets", json_body={"target": live}).status == 201
+    dead = "127.0.0.1:9"  # discard port: nothing listens, connections are refused
+    assert http("POST", admin + "/upstreams/pool/targets", json_body={"target": dead}).status == 201
+
+    def seen() -> list[dict[str, Any]] | None:
+        result = http("GET", node.url("status", "/status/upstreams/pool"))
+        if result.status != 200:
+            return None
+        reports = result.json()["data"]
+        health: dict[str, str] = {}
+        for report in reports:
+            for up in report["upstreams"]:
+                for target in up["targets"]:
+                    health[target["target"]] = target["health"]
+        ok = health.get(live) == "HEALTHY" and health.get(dead) == "UNHEALTHY"
+        return reports if ok and len(reports) == workers else None
+
+    reports = poll(seen, timeout=15, message="target health on /status/upstreams")
+    assert all(r["upstreams"][0]["name"] == "pool" for r in reports)
+    assert http("GET", node.url("status", "/status/upstreams/nope")).status == 404
