@@ -45,6 +45,8 @@ class NodeState:
     proxy_stats: Callable[[], dict[str, int]] | None = None
     #: per-worker upstream health (set by the proxy runner; None: this node does not proxy)
     upstream_health: Callable[[], list[dict[str, Any]]] | None = None
+    #: a data plane's telemetry link (``TelemetryLink``, an attrs class), when it has one
+    telemetry: Any = None
 
     @property
     def ready(self) -> tuple[bool, str]:
@@ -86,6 +88,8 @@ class NodeState:
             doc["server"] = self.proxy_stats()
         if self.role == "data_plane":
             doc["control_plane"] = attrs.asdict(self.control_plane)
+        if self.telemetry is not None:
+            doc["telemetry"] = attrs.asdict(self.telemetry)
         certificate = self.cluster_certificate()
         if certificate is not None:
             doc["cluster_certificate"] = certificate

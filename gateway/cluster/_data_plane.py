@@ -42,7 +42,8 @@ from gateway._status_api import StatusApp
 from gateway._version import __version__
 from gateway.cluster._cache import CachedConfig, ConfigCache, derive_cache_key
 from gateway.cluster._material import ClusterMaterial
-from gateway.cluster._sync_client import SyncClient, SyncClientOptions
+from gateway.cluster._sync_client import Backoff, SyncClient, SyncClientOptions
+from gateway.cluster._telemetry_client import TelemetryClient
 from gateway.declarative import load_declarative, parse_declarative
 from gateway.plugins import plugin_versions
 from gateway.proxy import ProxyState
@@ -146,6 +147,8 @@ async def serve_data_plane(
             server_name=settings.cluster_server_name,
             backoff_min=settings.cluster_reconnect_backoff_min,
             backoff_max=settings.cluster_reconnect_backoff_max,
+            proxy_server=settings.proxy_server if settings.cluster_use_proxy else None,
+            proxy_ssl_verify=settings.proxy_server_ssl_verify,
         ),
         tls=material.current,
         material=material,
@@ -179,6 +182,22 @@ async def serve_data_plane(
                 )
             )
         nursery.start_soon(client.run)
+        # The telemetry link (cluster_telemetry_endpoint) lives beside the sync link; it
+        # never affects the proxy or the configuration.
+        telemetry = TelemetryClient(
+            endpoint=settings.cluster_telemetry_endpoint,
+            tls=lambda: material.current,
+            node_id=node_id,
+            server_name=settings.cluster_telemetry_server_name,
+            interval=settings.cluster_heartbeat_interval,
+            backoff=Backoff(
+                settings.cluster_reconnect_backoff_min, settings.cluster_reconnect_backoff_max
+            ),
+            proxy_server=settings.proxy_server if settings.cluster_use_proxy else None,
+            proxy_ssl_verify=settings.proxy_server_ssl_verify,
+        )
+        state.telemetry = telemetry.link
+        nursery.start_soon(telemetry.run)
         info = NodeInfo(role="data_plane", node_id=node_id, addresses=addresses)
         write_listeners_file(prefix, info)
         log.info(

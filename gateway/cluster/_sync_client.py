@@ -43,6 +43,7 @@ from gateway._state import NodeState
 from gateway.cluster._cache import CachedConfig, ConfigCache
 from gateway.cluster._material import ClusterMaterial
 from gateway.cluster._tls import ClusterPeerRejected, ClusterTLS, connect_cluster_peer
+from gateway.cluster._transport import open_cluster_transport
 from gateway.cluster._websocket import (
     ClusterWebSocket,
     LinkClosed,
@@ -111,6 +112,9 @@ class SyncClientOptions:
     endpoints: Sequence[Endpoint]
     max_payload: int
     server_name: str | None = None
+    #: ``proxy_server`` when ``cluster_use_proxy`` is on: connect through an HTTP CONNECT tunnel
+    proxy_server: str | None = None
+    proxy_ssl_verify: bool = True
     backoff_min: float = 1.0
     backoff_max: float = 30.0
     connect_timeout: float = CONNECT_TIMEOUT
@@ -246,7 +250,12 @@ class SyncClient:
         address = str(endpoint)
         try:
             with trio.fail_after(self.options.connect_timeout):
-                tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                tcp = await open_cluster_transport(
+                    endpoint.host,
+                    endpoint.port,
+                    proxy_server=self.options.proxy_server,
+                    proxy_ssl_verify=self.options.proxy_ssl_verify,
+                )
         except (OSError, trio.TooSlowError) as exc:
             reason = f"cannot connect to {address}: {exc or 'timed out'}"
             log.warning("control plane %s unreachable: %s", address, exc or "timed out")

@@ -29,6 +29,7 @@ from gateway.cluster._telemetry import (
     TELEMETRY_SUBPROTOCOL,
 )
 from gateway.cluster._tls import ClusterPeerRejected, ClusterTLS, connect_cluster_peer
+from gateway.cluster._transport import open_cluster_transport
 from gateway.cluster._websocket import (
     LinkClosed,
     LinkRefused,
@@ -61,7 +62,11 @@ class TelemetryClient:
         interval: float,
         backoff: Backoff,
         timeout: float = 10.0,
+        proxy_server: str | None = None,
+        proxy_ssl_verify: bool = True,
     ) -> None:
+        self.proxy_server = proxy_server
+        self.proxy_ssl_verify = proxy_ssl_verify
         self.endpoint = endpoint
         self.tls = tls
         self.node_id = node_id
@@ -91,7 +96,12 @@ class TelemetryClient:
             server_name = self.endpoint.host
         try:
             with trio.fail_after(self.timeout):
-                tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
+                tcp = await open_cluster_transport(
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    proxy_server=self.proxy_server,
+                    proxy_ssl_verify=self.proxy_ssl_verify,
+                )
         except (OSError, trio.TooSlowError) as exc:
             self.link.last_error = f"cannot connect to {address}: {exc or 'timed out'}"
             log.info("telemetry endpoint %s unreachable: %s", address, exc or "timed out")

@@ -76,6 +76,7 @@ def start_data_plane(
             "proxy_listen": "127.0.0.1:0",
             "status_listen": "127.0.0.1:0",
             "cluster_control_plane": f"127.0.0.1:{cp.port('cluster')}",
+            "cluster_telemetry_endpoint": f"127.0.0.1:{cp.port('telemetry')}",
             "cluster_reconnect_backoff_min": 0.1,
             "cluster_reconnect_backoff_max": 1,
             **extra,
@@ -156,6 +157,15 @@ def test_walkthrough(
     assert http("GET", dps[0].url("status", "/status/ready")).status == 200
     status = http("GET", dps[0].url("status", "/status")).json()
     assert status["control_plane"]["connected"] is True
+
+    # Both data planes also hold their telemetry link (same mTLS checks) to the CP.
+    def telemetry_up() -> bool:
+        return all(
+            http("GET", dp.url("status", "/status")).json()["telemetry"]["connected"]
+            for dp in dps
+        )
+
+    poll(telemetry_up, message="both telemetry links open")
     assert (
         status["configuration"]["hash"]
         == http("GET", admin + "/status").json()["configuration_hash"]
