@@ -161,8 +161,7 @@ def test_walkthrough(
     # Both data planes also hold their telemetry link (same mTLS checks) to the CP.
     def telemetry_up() -> bool:
         return all(
-            http("GET", dp.url("status", "/status")).json()["telemetry"]["connected"]
-            for dp in dps
+            http("GET", dp.url("status", "/status")).json()["telemetry"]["connected"] for dp in dps
         )
 
     poll(telemetry_up, message="both telemetry links open")
