@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import select
+import socket as stdlib_socket
 from typing import Any
 
 import h11
@@ -506,3 +508,39 @@ async def test_config_swaps_under_load_fail_no_request(nursery: trio.Nursery) ->
     assert failures == []
     assert done == 480
     assert state.current.version == 59
+
+
+async def test_connect_timeout_is_504() -> None:
+    """An upstream whose accept queue is full drops new SYNs: the connect never completes
+    (deterministic on loopback, unlike an unroutable address), so the service's
+    ``connect_timeout`` fires."""
+    full = stdlib_socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    up_port = full.getsockname()[1]
+    fillers: list[stdlib_socket.socket] = []
+    try:
+        # Fill the accept queue until a connection attempt stays pending.
+        for _ in range(16):
+            s = stdlib_socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", up_port))
+            fillers.append(s)
+            _, writable, _ = select.select([], [s], [], 0.2)
+            if not writable:
+                break
+        else:
+            pytest.skip("the kernel accepted every connection (no SYN drop on overflow)")
+        async with trio.open_nursery() as nursery:
+            port, _ = await start_proxy(
+                nursery, simple_config(up_port, connect_timeout=200, retries=0)
+            )
+            with trio.fail_after(5):
+                reply = await request(port)
+            assert reply.status == 504
+            assert reply.json() == {"message": "The upstream server is timing out"}
+            nursery.cancel_scope.cancel()
+    finally:
+        for s in fillers:
+            s.close()
+        full.close()
