@@ -52,13 +52,16 @@ def test_target_health_visible_on_the_status_api(
         if result.status != 200:
             return None
         reports = result.json()["data"]
-        health: dict[str, str] = {}
+        # Every proxy process runs its own health checks and must see both verdicts.
         for report in reports:
-            for up in report["upstreams"]:
-                for target in up["targets"]:
-                    health[target["target"]] = target["health"]
-        ok = health.get(live) == "HEALTHY" and health.get(dead) == "UNHEALTHY"
-        return reports if ok and len(reports) == workers else None
+            health = {
+                target["target"]: target["health"]
+                for up in report["upstreams"]
+                for target in up["targets"]
+            }
+            if health.get(live) != "HEALTHY" or health.get(dead) != "UNHEALTHY":
+                return None
+        return reports if len(reports) == workers else None
 
     reports = poll(seen, timeout=15, message="target health on /status/upstreams")
     assert all(r["upstreams"][0]["name"] == "pool" for r in reports)
