@@ -21,22 +21,10 @@ import trio
 from gateway._state import NodeState
 from gateway.declarative import runtime_view, validate_config
 from gateway.proxy import CompiledConfig, ProxyState, compile_config
+from gateway.schema.entities import ENTITIES
 from protocol import config_hash
 
 log = logging.getLogger("gateway.config")
-
-_ENTITY_KEYS = (
-    "services",
-    "routes",
-    "consumers",
-    "plugins",
-    "upstreams",
-    "targets",
-    "certificates",
-    "snis",
-    "ca_certificates",
-    "keyauth_credentials",
-)
 
 
 @attrs.frozen(kw_only=True)
@@ -49,7 +37,7 @@ class PreparedConfig:
 
 
 def count_entities(config: Mapping[str, Any]) -> int:
-    return sum(len(config.get(k) or ()) for k in _ENTITY_KEYS)
+    return sum(len(config.get(k) or ()) for k in ENTITIES)
 
 
 def prepare(

@@ -142,6 +142,38 @@ async def start_http_api(
     return bound
 
 
+async def start_admin_api(
+    nursery: trio.Nursery, settings: Settings, app: Any
+) -> tuple[tuple[str, int], ...]:
+    """Serve the Admin API on ``admin_listen`` (``ssl`` entries with admin_ssl_cert/key)."""
+    return tuple(
+        await start_http_api(
+            nursery,
+            app,
+            settings.admin_listen,
+            certs=settings.admin_ssl_cert,
+            keys=settings.admin_ssl_cert_key,
+            name="admin",
+        )
+    )
+
+
+async def start_status_api(
+    nursery: trio.Nursery, settings: Settings, app: Any
+) -> tuple[tuple[str, int], ...]:
+    """Serve the Status API on ``status_listen`` (``ssl`` entries with status_ssl_cert/key)."""
+    return tuple(
+        await start_http_api(
+            nursery,
+            app,
+            settings.status_listen,
+            certs=settings.status_ssl_cert,
+            keys=settings.status_ssl_cert_key,
+            name="status",
+        )
+    )
+
+
 class _AdminNode:
     """The ``NodeView`` the Admin API's meta endpoints read."""
 
@@ -274,27 +306,9 @@ async def serve_traditional(
                 install_meta_routes(
                     app, _AdminNode(settings, state, store, proxy, memory), loader=loader
                 )
-                addresses["admin"] = tuple(
-                    await start_http_api(
-                        nursery,
-                        app.handle,
-                        settings.admin_listen,
-                        certs=settings.admin_ssl_cert,
-                        keys=settings.admin_ssl_cert_key,
-                        name="admin",
-                    )
-                )
+                addresses["admin"] = await start_admin_api(nursery, settings, app.handle)
             if settings.status_listen:
-                addresses["status"] = tuple(
-                    await start_http_api(
-                        nursery,
-                        StatusApp(state),
-                        settings.status_listen,
-                        certs=settings.status_ssl_cert,
-                        keys=settings.status_ssl_cert_key,
-                        name="status",
-                    )
-                )
+                addresses["status"] = await start_status_api(nursery, settings, StatusApp(state))
             if settings.proxy_listen:
                 bound = await start_proxy(nursery, settings, applier)
                 addresses["proxy"] = tuple(bound)

@@ -40,7 +40,8 @@ from gateway._node import (
     _AdminNode,
     open_node_store,
     prepare_prefix,
-    start_http_api,
+    start_admin_api,
+    start_status_api,
     write_listeners_file,
 )
 from gateway._node_id import load_or_create_node_id
@@ -343,26 +344,10 @@ async def serve_control_plane(
             if settings.admin_listen:
                 app = AdminApp(store=store, schemas=ENTITIES)
                 install_meta_routes(app, _ControlPlaneAdmin(settings, state, store, cluster))
-                addresses["admin"] = tuple(
-                    await start_http_api(
-                        nursery,
-                        app.handle,
-                        settings.admin_listen,
-                        certs=settings.admin_ssl_cert,
-                        keys=settings.admin_ssl_cert_key,
-                        name="admin",
-                    )
-                )
+                addresses["admin"] = await start_admin_api(nursery, settings, app.handle)
             if settings.status_listen:
-                addresses["status"] = tuple(
-                    await start_http_api(
-                        nursery,
-                        StatusApp(state, reload_certificates=material.reload_report),
-                        settings.status_listen,
-                        certs=settings.status_ssl_cert,
-                        keys=settings.status_ssl_cert_key,
-                        name="status",
-                    )
+                addresses["status"] = await start_status_api(
+                    nursery, settings, StatusApp(state, reload_certificates=material.reload_report)
                 )
             addresses["cluster"] = tuple(
                 await _serve_listeners(

@@ -34,7 +34,7 @@ import trio
 
 from gateway._config_apply import ConfigApplier
 from gateway._errors import ConfigError
-from gateway._node import NodeInfo, prepare_prefix, start_http_api, write_listeners_file
+from gateway._node import NodeInfo, prepare_prefix, start_status_api, write_listeners_file
 from gateway._node_id import load_or_create_node_id
 from gateway._proxy_runner import start_proxy
 from gateway._state import NodeState
@@ -167,19 +167,14 @@ async def serve_data_plane(
         for host, port in bound:
             log.info("proxy listening on %s:%d", host, port)
         if settings.status_listen:
-            addresses["status"] = tuple(
-                await start_http_api(
-                    nursery,
-                    StatusApp(
-                        state,
-                        reload_certificates=material.reload_report,
-                        reconnect=client.reconnect_if_stale,
-                    ),
-                    settings.status_listen,
-                    certs=settings.status_ssl_cert,
-                    keys=settings.status_ssl_cert_key,
-                    name="status",
-                )
+            addresses["status"] = await start_status_api(
+                nursery,
+                settings,
+                StatusApp(
+                    state,
+                    reload_certificates=material.reload_report,
+                    reconnect=client.reconnect_if_stale,
+                ),
             )
         nursery.start_soon(client.run)
         # The telemetry link (cluster_telemetry_endpoint) lives beside the sync link; it

@@ -100,3 +100,27 @@ def apply_json(
                 else:
                     doc[name] = [current, value]
     return doc
+
+
+def apply_headers(headers: Any, conf: Mapping[str, Any], lookup: Lookup) -> None:
+    """Header operations in Kong's order: remove, rename, replace, add, append."""
+    for name in conf["remove"]["headers"]:
+        headers.remove(name)
+    for entry in conf["rename"]["headers"]:
+        old, new = split_pair(entry)
+        values = headers.get_all(old)
+        if values:
+            headers.remove(old)
+            for v in values:
+                headers.add(new, v)
+    for entry in conf["replace"]["headers"]:
+        name, value = split_pair(entry)
+        if name in headers:
+            headers.set(name, render(value, lookup))
+    for entry in conf["add"]["headers"]:
+        name, value = split_pair(entry)
+        if name not in headers:
+            headers.set(name, render(value, lookup))
+    for entry in conf["append"]["headers"]:
+        name, value = split_pair(entry)
+        headers.add(name, render(value, lookup))

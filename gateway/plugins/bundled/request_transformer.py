@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from gateway.plugins._api import Context, Plugin
 from gateway.plugins.bundled._common import VERSION
 from gateway.plugins.bundled._transform import (
+    apply_headers,
     name_list,
     pair_list,
     render,
@@ -95,26 +96,7 @@ class RequestTransformer(Plugin):
             req.method = conf["http_method"]
         # headers
         h = req.headers
-        for name in conf["remove"]["headers"]:
-            h.remove(name)
-        for entry in conf["rename"]["headers"]:
-            old, new = split_pair(entry)
-            values = h.get_all(old)
-            if values:
-                h.remove(old)
-                for v in values:
-                    h.add(new, v)
-        for entry in conf["replace"]["headers"]:
-            name, value = split_pair(entry)
-            if name in h:
-                h.set(name, render(value, lookup))
-        for entry in conf["add"]["headers"]:
-            name, value = split_pair(entry)
-            if name not in h:
-                h.set(name, render(value, lookup))
-        for entry in conf["append"]["headers"]:
-            name, value = split_pair(entry)
-            h.add(name, render(value, lookup))
+        apply_headers(h, conf, lookup)
         # query string
         q: list[tuple[str, str | None]] = list(req.query)
         removed = set(conf["remove"]["querystring"])

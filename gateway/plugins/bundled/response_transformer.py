@@ -14,12 +14,11 @@ from typing import Any, ClassVar
 from gateway.plugins._api import Context, Plugin
 from gateway.plugins.bundled._common import VERSION
 from gateway.plugins.bundled._transform import (
+    apply_headers,
     apply_json,
     name_list,
     pair_list,
-    render,
     section,
-    split_pair,
 )
 from gateway.schema import Array, Record, String
 
@@ -67,26 +66,7 @@ class ResponseTransformer(Plugin):
                 return h.get(key)
             return None
 
-        for name in conf["remove"]["headers"]:
-            h.remove(name)
-        for entry in conf["rename"]["headers"]:
-            old, new = split_pair(entry)
-            values = h.get_all(old)
-            if values:
-                h.remove(old)
-                for v in values:
-                    h.add(new, v)
-        for entry in conf["replace"]["headers"]:
-            name, value = split_pair(entry)
-            if name in h:
-                h.set(name, render(value, lookup))
-        for entry in conf["add"]["headers"]:
-            name, value = split_pair(entry)
-            if name not in h:
-                h.set(name, render(value, lookup))
-        for entry in conf["append"]["headers"]:
-            name, value = split_pair(entry)
-            h.add(name, render(value, lookup))
+        apply_headers(h, conf, lookup)
         ctype = (h.get("content-type") or "").lower()
         if self.has_json and "json" in ctype:
             h.remove("content-length")
