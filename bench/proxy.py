@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--backend", default="fast", choices=("h11", "httptools", "fast"))
+    parser.add_argument("--backend", default="httptools", choices=("h11", "httptools", "fast"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
