@@ -544,3 +544,44 @@ async def test_connect_timeout_is_504() -> None:
         for s in fillers:
             s.close()
         full.close()
+
+
+async def test_write_timeout_is_504(nursery: trio.Nursery) -> None:
+    """An upstream that stops reading: once the socket buffers are full, the proxy's writes
+    stall and the service's ``write_timeout`` fires."""
+    stalled: list[trio.SocketStream] = []
+
+    async def never_read(stream: trio.SocketStream) -> None:
+        stalled.append(stream)  # keep it open, read nothing
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, never_read, listeners)
+    up_port = listeners[0].socket.getsockname()[1]
+    port, _ = await start_proxy(
+        nursery, simple_config(up_port, write_timeout=200, read_timeout=60000, retries=0)
+    )
+    size = 256 * 1024 * 1024  # far more than loopback socket buffers hold
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    head = f"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n".encode()
+    received = bytearray()
+
+    async def upload() -> None:
+        chunk = b"x" * 65536
+        try:
+            await client.send_all(head)
+            for _ in range(size // len(chunk)):
+                await client.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the proxy answered and closed
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(upload)
+            # The proxy answers 504 and closes (the request body was not read to its end).
+            while data := await client.receive_some(65536):
+                received += data
+            inner.cancel_scope.cancel()
+    await client.aclose()
+    assert status_of(bytes(received)) == 504
+    assert b"The upstream server is timing out" in received
