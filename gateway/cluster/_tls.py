@@ -363,24 +363,9 @@ async def accept_cluster_peer(
     notes = _HandshakeNotes()
     conn.set_app_data(notes)
     stream = OpenSSLStream(transport, conn)
-    try:
-        await stream.do_handshake()
-    except trio.BrokenResourceError as exc:
-        reason = _handshake_reason(notes, exc)
-        await trio.aclose_forcefully(stream)
-        logger.warning("data plane %s rejected: %s", peer, reason)
-        raise ClusterPeerRejected(reason, peer=peer) from exc
-    leaf = stream.peer_certificate()
-    try:
-        chain = _check_policy(tls, stream, leaf, now=now, server_name=None)
-    except certs.VerificationError as exc:
-        # No close_notify: the DP then sees a truncated stream on its first read, which it
-        # reports as a likely authentication failure.
-        await trio.aclose_forcefully(stream)
-        logger.warning("data plane %s rejected: %s", peer, exc.reason)
-        raise ClusterPeerRejected(exc.reason, peer=peer) from exc
-    assert leaf is not None
-    return ClusterPeer(stream=stream, certificate=leaf, chain=chain, address=peer)
+    return await _handshake_and_check(
+        stream, notes, tls, side="data plane", address=peer, now=now, server_name=None
+    )
 
 
 async def connect_cluster_peer(
@@ -406,19 +391,38 @@ async def connect_cluster_peer(
     notes = _HandshakeNotes()
     conn.set_app_data(notes)
     stream = _DataPlaneStream(transport, conn, address)
+    return await _handshake_and_check(
+        stream, notes, tls, side="control plane", address=address, now=now, server_name=name
+    )
+
+
+async def _handshake_and_check(
+    stream: OpenSSLStream,
+    notes: _HandshakeNotes,
+    tls: ClusterTLS,
+    *,
+    side: str,
+    address: str,
+    now: datetime,
+    server_name: str | None,
+) -> ClusterPeer:
+    """Both sides: OpenSSL's handshake, then the pure policy re-check; a refusal closes the
+    stream, logs ``"<side> <address> rejected: <reason>"`` and raises ClusterPeerRejected."""
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as exc:
         reason = _handshake_reason(notes, exc)
         await trio.aclose_forcefully(stream)
-        logger.warning("control plane %s rejected: %s", address, reason)
+        logger.warning("%s %s rejected: %s", side, address, reason)
         raise ClusterPeerRejected(reason, peer=address) from exc
     leaf = stream.peer_certificate()
     try:
-        chain = _check_policy(tls, stream, leaf, now=now, server_name=name)
+        chain = _check_policy(tls, stream, leaf, now=now, server_name=server_name)
     except certs.VerificationError as exc:
+        # No close_notify: the peer then sees a truncated stream on its first read, which a
+        # DP reports as a likely authentication failure.
         await trio.aclose_forcefully(stream)
-        logger.warning("control plane %s rejected: %s", address, exc.reason)
+        logger.warning("%s %s rejected: %s", side, address, exc.reason)
         raise ClusterPeerRejected(exc.reason, peer=address) from exc
     assert leaf is not None
     return ClusterPeer(stream=stream, certificate=leaf, chain=chain, address=address)
