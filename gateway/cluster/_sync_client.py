@@ -31,7 +31,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -42,8 +41,8 @@ from gateway._config_apply import ConfigApplier
 from gateway._state import NodeState
 from gateway.cluster._cache import CachedConfig, ConfigCache
 from gateway.cluster._material import ClusterMaterial
-from gateway.cluster._tls import ClusterPeerRejected, ClusterTLS, connect_cluster_peer
-from gateway.cluster._transport import open_cluster_transport
+from gateway.cluster._tls import ClusterTLS
+from gateway.cluster._transport import DialFailed, dial_control_plane
 from gateway.cluster._websocket import (
     ClusterWebSocket,
     LinkClosed,
@@ -248,35 +247,20 @@ class SyncClient:
     async def _connect_once(self, endpoint: Endpoint) -> bool:
         """One connection attempt and session; True if a session was established."""
         address = str(endpoint)
-        try:
-            with trio.fail_after(self.options.connect_timeout):
-                tcp = await open_cluster_transport(
-                    endpoint.host,
-                    endpoint.port,
-                    proxy_server=self.options.proxy_server,
-                    proxy_ssl_verify=self.options.proxy_ssl_verify,
-                )
-        except (OSError, trio.TooSlowError) as exc:
-            reason = f"cannot connect to {address}: {exc or 'timed out'}"
-            log.warning("control plane %s unreachable: %s", address, exc or "timed out")
-            self._link_down(endpoint, reason)
-            return False
         tls = self.current_tls
-        server_name = self.options.server_name
-        if server_name is None and tls.mode == "pki":
-            server_name = endpoint.host
         try:
-            with trio.fail_after(self.options.connect_timeout):
-                peer = await connect_cluster_peer(
-                    tcp, tls, now=datetime.now(UTC), server_name=server_name, peer=address
-                )
-        except ClusterPeerRejected as exc:  # logged by connect_cluster_peer
-            self._link_down(endpoint, f"TLS with {address} failed: {exc.reason}")
-            return False
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(tcp)
-            self._link_down(endpoint, f"TLS handshake with {address} timed out")
-            log.warning("control plane %s: TLS handshake timed out", address)
+            peer, server_name = await dial_control_plane(
+                endpoint,
+                tls,
+                server_name=self.options.server_name,
+                timeout=self.options.connect_timeout,
+                proxy_server=self.options.proxy_server,
+                proxy_ssl_verify=self.options.proxy_ssl_verify,
+            )
+        except DialFailed as exc:
+            if not exc.logged:
+                log.warning("control plane %s: %s", address, exc.reason)
+            self._link_down(endpoint, exc.reason)
             return False
         established = False
         try:

@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import attrs
 import trio
@@ -28,8 +27,8 @@ from gateway.cluster._telemetry import (
     TELEMETRY_PATH,
     TELEMETRY_SUBPROTOCOL,
 )
-from gateway.cluster._tls import ClusterPeerRejected, ClusterTLS, connect_cluster_peer
-from gateway.cluster._transport import open_cluster_transport
+from gateway.cluster._tls import ClusterTLS
+from gateway.cluster._transport import DialFailed, dial_control_plane
 from gateway.cluster._websocket import (
     LinkClosed,
     LinkRefused,
@@ -90,33 +89,18 @@ class TelemetryClient:
 
     async def _connect_once(self) -> bool:
         address = str(self.endpoint)
-        tls = self.tls()
-        server_name = self.server_name
-        if server_name is None and tls.mode == "pki":
-            server_name = self.endpoint.host
         try:
-            with trio.fail_after(self.timeout):
-                tcp = await open_cluster_transport(
-                    self.endpoint.host,
-                    self.endpoint.port,
-                    proxy_server=self.proxy_server,
-                    proxy_ssl_verify=self.proxy_ssl_verify,
-                )
-        except (OSError, trio.TooSlowError) as exc:
-            self.link.last_error = f"cannot connect to {address}: {exc or 'timed out'}"
-            log.info("telemetry endpoint %s unreachable: %s", address, exc or "timed out")
-            return False
-        try:
-            with trio.fail_after(self.timeout):
-                peer = await connect_cluster_peer(
-                    tcp, tls, now=datetime.now(UTC), server_name=server_name, peer=address
-                )
-        except ClusterPeerRejected as exc:
-            self.link.last_error = f"TLS with {address} failed: {exc.reason}"
-            return False
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(tcp)
-            self.link.last_error = f"TLS handshake with {address} timed out"
+            peer, server_name = await dial_control_plane(
+                self.endpoint,
+                self.tls(),
+                server_name=self.server_name,
+                timeout=self.timeout,
+                proxy_server=self.proxy_server,
+                proxy_ssl_verify=self.proxy_ssl_verify,
+            )
+        except DialFailed as exc:
+            self.link.last_error = exc.reason
+            log.info("telemetry endpoint %s: %s", address, exc.reason)
             return False
         established = False
         try:

@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import base64
 import ssl
+from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import trio
 
-__all__ = ["ProxyTunnelError", "open_cluster_transport"]
+from gateway.cluster._tls import (
+    ClusterPeer,
+    ClusterPeerRejected,
+    ClusterTLS,
+    connect_cluster_peer,
+)
+from gateway.settings import Endpoint
+
+__all__ = ["DialFailed", "ProxyTunnelError", "dial_control_plane", "open_cluster_transport"]
 
 _MAX_RESPONSE_HEAD = 16 * 1024
 
@@ -81,3 +90,52 @@ async def open_cluster_transport(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+class DialFailed(Exception):
+    """No authenticated link to the control plane; ``reason`` is for the log and /status."""
+
+    def __init__(self, reason: str, *, logged: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: True when ``connect_cluster_peer`` already logged the refusal
+        self.logged = logged
+
+
+async def dial_control_plane(
+    endpoint: Endpoint,
+    tls: ClusterTLS,
+    *,
+    server_name: str | None,
+    timeout: float,
+    proxy_server: str | None = None,
+    proxy_ssl_verify: bool = True,
+) -> tuple[ClusterPeer, str | None]:
+    """TCP (or a proxy tunnel), then mutual TLS with the policy checks, each within
+    ``timeout``. Returns the peer and the server name used (PKI mode defaults it to the
+    endpoint's host). Raises :class:`DialFailed`; the data plane's sync and telemetry
+    clients both dial through here."""
+    address = str(endpoint)
+    try:
+        with trio.fail_after(timeout):
+            tcp = await open_cluster_transport(
+                endpoint.host,
+                endpoint.port,
+                proxy_server=proxy_server,
+                proxy_ssl_verify=proxy_ssl_verify,
+            )
+    except (OSError, trio.TooSlowError) as exc:
+        raise DialFailed(f"cannot connect to {address}: {exc or 'timed out'}") from exc
+    if server_name is None and tls.mode == "pki":
+        server_name = endpoint.host
+    try:
+        with trio.fail_after(timeout):
+            peer = await connect_cluster_peer(
+                tcp, tls, now=datetime.now(UTC), server_name=server_name, peer=address
+            )
+    except ClusterPeerRejected as exc:
+        raise DialFailed(f"TLS with {address} failed: {exc.reason}", logged=True) from exc
+    except trio.TooSlowError as exc:
+        await trio.aclose_forcefully(tcp)
+        raise DialFailed(f"TLS handshake with {address} timed out") from exc
+    return peer, server_name
