@@ -293,16 +293,7 @@ class FastRequestParser(_MessageReader):
 
     def _httptools_head(self, block: bytes) -> RequestHead:
         collector = _HeadCollector()
-        parser: Any = httptools.HttpRequestParser(collector)
-        try:
-            parser.feed_data(block)
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError as exc:
-            status = 505 if "version" in str(exc).lower() else 400
-            raise HttpError(status, f"malformed request head: {exc}") from None
-        if not collector.complete:
-            raise HttpError(400, "malformed request head")
+        parser: Any = _feed_head(httptools.HttpRequestParser(collector), collector, block, 400)
         return build_request_head(
             parser.get_method().decode("latin-1"),
             collector.url.decode("latin-1"),
@@ -313,6 +304,23 @@ class FastRequestParser(_MessageReader):
     def start_next_cycle(self) -> None:
         self._state = 0
         self._chunked = None
+
+
+def _feed_head(parser: Any, collector: _HeadCollector, block: bytes, status: int) -> Any:
+    """Feed one complete head to an httptools parser. Malformed heads raise ``HttpError``
+    with ``status`` (400 for requests, 502 for responses; 505 for a request's version)."""
+    kind = "request" if status == 400 else "response"
+    try:
+        parser.feed_data(block)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as exc:
+        if status == 400 and "version" in str(exc).lower():
+            status = 505
+        raise HttpError(status, f"malformed {kind} head: {exc}") from None
+    if not collector.complete:
+        raise HttpError(status, f"malformed {kind} head")
+    return parser
 
 
 class FastResponseParser(_MessageReader):
@@ -367,15 +375,7 @@ class FastResponseParser(_MessageReader):
 
     def _httptools_head(self, block: bytes) -> ResponseHead:
         collector = _HeadCollector()
-        parser: Any = httptools.HttpResponseParser(collector)
-        try:
-            parser.feed_data(block)
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError as exc:
-            raise HttpError(502, f"malformed response head: {exc}") from None
-        if not collector.complete:
-            raise HttpError(502, "malformed response head")
+        parser: Any = _feed_head(httptools.HttpResponseParser(collector), collector, block, 502)
         status: int = parser.get_status_code()
         line = block[: block.find(b"\r\n")]
         reason = line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
