@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from gateway._build import hot_path_build
 from gateway._config_apply import ConfigApplier, PreparedConfig
 from gateway.proxy import serve_proxy
 from gateway.proxy._state import upstream_health
@@ -48,6 +49,8 @@ async def start_proxy(
     nursery: trio.Nursery, settings: Settings, applier: ConfigApplier
 ) -> list[tuple[str, int]]:
     """Serve ``proxy_listen``; returns the bound addresses."""
+    build = hot_path_build()
+    (log.warning if build.stale else log.info)("proxy hot path: %s", build.describe())
     if settings.worker_processes <= 1:
         proxy = applier.proxy
         bound: list[tuple[str, int]] = await nursery.start(serve_proxy, settings, proxy)

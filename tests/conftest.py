@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Property tests must not flake on a loaded 2-core CI machine: no per-example deadline, and
@@ -17,3 +18,19 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
+
+
+def pytest_report_header() -> str:
+    from gateway._build import hot_path_build
+
+    return f"proxy hot path: {hot_path_build().describe()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # an in-place mypyc build shadows the sources: testing it after an edit would test
+    # the old code
+    from gateway._build import hot_path_build
+
+    build = hot_path_build()
+    if build.stale:
+        pytest.exit(f"proxy hot path {build.describe()}", returncode=2)

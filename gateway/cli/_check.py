@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from gateway._build import hot_path_build
 from gateway._errors import ConfigError
 from gateway.settings import add_settings_arguments, settings_from_args
 
@@ -31,4 +32,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {error}", file=sys.stderr)
         return 1
     print(f"configuration OK (role = {settings.role}, prefix = {settings.prefix})")
+    if settings.proxy_listen:
+        print(f"proxy hot path: {hot_path_build().describe()}")
     return 0

@@ -57,15 +57,22 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         name = name.lower()
-        self._items = [(k, v) for k, v in self._items if k != name]
-        self._items.append((name, value))
+        items = self._items
+        for k, _ in items:
+            if k == name:  # replace: rebuild only when the name is there
+                items = self._items = [kv for kv in items if kv[0] != name]
+                break
+        items.append((name, value))
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name.lower(), value))
 
     def remove(self, name: str) -> None:
         name = name.lower()
-        self._items = [(k, v) for k, v in self._items if k != name]
+        for k, _ in self._items:
+            if k == name:
+                self._items = [kv for kv in self._items if kv[0] != name]
+                return
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and any(k == name.lower() for k, _ in self._items)

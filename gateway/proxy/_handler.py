@@ -356,13 +356,13 @@ class ProxyHandler:
             return
         try:
             await self._run(conn, ex)
-        except ClientFailure as failure:
+        except ClientFailure as client_failure:
             conn.keep_alive = False
-            raise failure.error from None
+            raise client_failure.error from None
         except ExitResponse as exit_:
             await self._exit(conn, ex, exit_)
-        except UpstreamFailure as failure:
-            await self._error(conn, ex, failure.status, failure.message)
+        except UpstreamFailure as upstream_failure:
+            await self._error(conn, ex, upstream_failure.status, upstream_failure.message)
         except (HttpError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:

@@ -32,7 +32,9 @@ def test_check_ok(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monkey
         monkeypatch.delenv(var)
     assert _run_in_process(["check", "--set", "log_level=debug"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("configuration OK (role = traditional, prefix = ")
+    lines = out.splitlines()
+    assert lines[0].startswith("configuration OK (role = traditional, prefix = ")
+    assert lines[1].startswith("proxy hot path: ")  # compiled with mypyc, or pure Python
     assert err == ""
 
 
