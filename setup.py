@@ -4,13 +4,14 @@ Everything else about the package is in pyproject.toml. The modules listed in
 ``gateway._build.HOT_PATH`` are plain, strictly typed Python; mypyc turns them into C
 extensions (about 1.8x the proxy throughput, see docs/performance.md). The build falls back
 to pure Python, with a warning, when there is no C compiler or the compilation fails, and
-``TRIO_GATEWAY_PURE_PYTHON=1`` skips it (handy while editing those modules: an in-place build
-shadows the .py files until rebuilt). ``python -m gateway check`` and the start-up log say
-which of the two is running.
+``TRIO_GATEWAY_PURE_PYTHON=1`` skips it and deletes what an earlier in-place build left
+(handy while editing those modules: an in-place build shadows the .py files until rebuilt).
+``python -m gateway check`` and the start-up log say which of the two is running.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import runpy
 import sys
@@ -52,8 +53,21 @@ class OptionalBuildExt(build_ext):
         )
 
 
+def remove_inplace_builds() -> None:
+    """Delete extension modules an earlier in-place (editable) build left next to the
+    sources: they would shadow the .py files of a pure-Python install."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    patterns = [os.path.join(here, "*__mypyc.*")]
+    patterns += [os.path.join(here, name.replace(".", os.sep) + ".*") for name in HOT_PATH]
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            if path.endswith((".so", ".pyd")):
+                os.remove(path)
+
+
 def extensions() -> list[object]:
     if os.environ.get("TRIO_GATEWAY_PURE_PYTHON", "") not in ("", "0"):
+        remove_inplace_builds()
         return []
     try:
         from mypyc.build import mypycify

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,10 +239,22 @@ def parse_latency(text: str) -> float:
     return value
 
 
-def run_wrk(url: str, args: argparse.Namespace, headers: list[str] = ()) -> dict[str, float]:  # type: ignore[assignment]
+def run_wrk(
+    url: str, args: argparse.Namespace, headers: Sequence[str] = (), *, paced: bool = False
+) -> dict[str, float]:
+    """wrk at full speed (closed loop: each connection sends its next request as soon as the
+    answer is in), or ``paced``: each connection waits between requests so that all of them
+    together offer about ``args.rate`` requests/second, well below what every proxy here
+    sustains. At full speed the latency is mostly queueing (50 connections / throughput);
+    paced, it is the time one request takes through a proxy that is not saturated."""
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
+    if paced:
+        script = Path(tempfile.mkdtemp(prefix="bench-wrk-")) / "paced.lua"
+        interval_ms = max(1, round(args.connections * 1000 / args.rate))
+        script.write_text(f"function delay()\n  return {interval_ms}\nend\n")
+        cmd += ["-s", str(script)]
     out = subprocess.run(
         [*PIN["load"], *cmd, url], capture_output=True, text=True, check=True
     ).stdout
@@ -313,6 +326,12 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=5000,
+        help="requests/second offered in the paced latency runs (0: skip them)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--backend", default="httptools", choices=("h11", "httptools", "fast"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -331,6 +350,9 @@ def main() -> None:
             sys.exit(f"{tool} not found: apt-get install -y nginx wrk")
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    from gateway._build import hot_path_build
+
+    hot_path = hot_path_build().describe()
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     up_port, px_port = free_port(), free_port()
     (tmp / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=tmp, port=up_port))
@@ -341,12 +363,20 @@ def main() -> None:
         for name, role in (("upstream.conf", "load"), ("proxy.conf", "proxy"))
     ]
     results: list[tuple[str, dict[str, float]]] = []
+    paced: list[tuple[str, dict[str, float]]] = []
     try:
         wait_port(up_port)
         wait_port(px_port)
         results.append(("nginx upstream (direct)", run_wrk(f"http://127.0.0.1:{up_port}/", args)))
         reference = run_wrk(f"http://127.0.0.1:{px_port}/", args)
         results.append(("nginx reverse proxy, 1 worker", reference))
+        if args.rate:
+            paced.append(
+                (
+                    "nginx reverse proxy, 1 worker",
+                    run_wrk(f"http://127.0.0.1:{px_port}/", args, paced=True),
+                )
+            )
         for case, routes, label in (
             ("a", 1, "(a) 1 route, no plugins"),
             ("b", 100, "(b) 100 routes, key-auth + rate-limiting"),
@@ -370,12 +400,11 @@ def main() -> None:
                         text=True,
                     ).stdout
                     assert check == "200", f"gateway answered {check}"
-                    results.append(
-                        (
-                            f"gateway {label}, {workers} worker(s)",
-                            run_wrk(f"http://127.0.0.1:{gw.port}/", args, headers),
-                        )
-                    )
+                    name = f"gateway {label}, {workers} worker(s)"
+                    url = f"http://127.0.0.1:{gw.port}/"
+                    results.append((name, run_wrk(url, args, headers)))
+                    if args.rate:
+                        paced.append((name, run_wrk(url, args, headers, paced=True)))
                 finally:
                     gw.stop()
         gw = Gateway(args, up_port, "a", 1, 10_000)
@@ -398,7 +427,7 @@ def main() -> None:
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
         f"parser backend {args.backend}; pinning: {pinning}; load average before: "
-        f"{load_before}\n"
+        f"{load_before}\nproxy hot path: {hot_path}\n"
     )
     print(
         f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
@@ -412,9 +441,27 @@ def main() -> None:
         )
         if r["errors"]:
             print(f"  ({r['errors']:.0f} non-2xx responses)")
+    if paced:
+        ref = paced[0][1]
+        print(
+            f"\nLatency at equal load: each of the {args.connections} connections paced so that "
+            f"together they offer ~{args.rate} req/s (wrk delay() script)\n"
+        )
+        print(
+            f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+            f"| {'x nginx p50':>11} | {'x nginx p99':>11} |"
+        )
+        print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 13}|")
+        for name, r in paced:
+            print(
+                f"| {name:<58} | {r['rps']:>9.0f} | {r['p50']:>7.3f} | {r['p99']:>7.3f} | "
+                f"{r['p50'] / ref['p50']:>11.2f} | {r['p99'] / ref['p99']:>11.2f} |"
+            )
+            if r["errors"]:
+                print(f"  ({r['errors']:.0f} non-2xx responses)")
     print(f"\nRSS of one gateway worker with 10,000 routes loaded: {rss_10k / 1024:.1f} MiB")
     if args.json:
-        print(json.dumps({"results": results, "rss_10k_kib": rss_10k}, indent=1))
+        print(json.dumps({"results": results, "paced": paced, "rss_10k_kib": rss_10k}, indent=1))
 
 
 if __name__ == "__main__":

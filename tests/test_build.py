@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib.machinery
 import os
 import runpy
@@ -41,8 +42,13 @@ def test_setup_compiles_exactly_the_hot_path(monkeypatch: pytest.MonkeyPatch) ->
 
     seen.clear()
     monkeypatch.setenv("TRIO_GATEWAY_PURE_PYTHON", "1")
+    globbed: list[str] = []
+    # (a pure install deletes in-place builds: not the ones this test session runs on)
+    monkeypatch.setattr(glob, "glob", lambda pattern: globbed.append(pattern) or [])
     runpy.run_path(str(ROOT / "setup.py"))
     assert seen == []
+    assert any(p.endswith("_handler.*") for p in globbed)
+    assert any(p.endswith("__mypyc.*") for p in globbed)
 
 
 def test_the_build_under_test_is_the_expected_one() -> None:
