@@ -20,9 +20,8 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # the list lives with the runtime check of which build is running (stdlib-only module)
-HOT_PATH = runpy.run_path(os.path.join(os.path.dirname(__file__), "gateway", "_build.py"))[
-    "HOT_PATH"
-]
+HERE = os.path.dirname(os.path.abspath(__file__))
+HOT_PATH = runpy.run_path(os.path.join(HERE, "gateway", "_build.py"))["HOT_PATH"]
 COMPILED = [name.replace(".", "/") + ".py" for name in HOT_PATH]
 
 
@@ -35,6 +34,12 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # no compiler, missing headers, a mypyc failure...
             self._give_up(exc)
+            return
+        if not self.inplace and self.extensions and os.path.isdir(os.path.join(HERE, ".git")):
+            # `pip install .` from a checkout: put the modules next to the sources too, as an
+            # editable install does, or `python -m gateway` run in the checkout (the Quick
+            # start) would import the uncompiled sources in front of the installed package
+            self.copy_extensions_to_source()
 
     def build_extensions(self) -> None:
         try:
@@ -57,10 +62,9 @@ class OptionalBuildExt(build_ext):
 def remove_inplace_builds() -> None:
     """Delete extension modules an earlier in-place (editable) build left next to the
     sources: they would shadow the .py files of a pure-Python install."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    patterns = [os.path.join(here, "*__mypyc.*")]
+    patterns = [os.path.join(HERE, "*__mypyc.*")]
     for name in HOT_PATH:
-        stem = os.path.join(here, name.replace(".", os.sep))
+        stem = os.path.join(HERE, name.replace(".", os.sep))
         patterns += [stem + ".*", stem + "__mypyc.*"]
     for pattern in patterns:
         for path in glob.glob(pattern):
