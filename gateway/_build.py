@@ -22,6 +22,7 @@ HOT_PATH = (
     "gateway.http._io",
     "gateway.http._parser",
     "gateway.http._server",
+    "gateway.plugins._api",
     "gateway.plugins.bundled.key_auth",
     "gateway.plugins.bundled.rate_limiting",
     "gateway.proxy._handler",

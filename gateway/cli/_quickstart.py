@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 import certs
+from gateway._build import hot_path_build
 from gateway._errors import ConfigError
 from gateway._logging import configure_logging
 from gateway.settings import Settings, load_settings
@@ -142,6 +143,7 @@ def _banner(directory: Path, cp: Any, dps: list[Any], echo: tuple[str, int]) -> 
     for i, dp in enumerate(dps, 1):
         status = f"   status {dp.url('status')}" if "status" in dp.addresses else ""
         lines.append(f"  data plane {i}:   proxy {dp.url('proxy')}{status}")
+    lines.append(f"  proxy hot path: {hot_path_build().describe()}")
     proxy = dps[0].url("proxy") if dps else "http://127.0.0.1:8000"
     lines += [
         "",

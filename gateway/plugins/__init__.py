@@ -6,11 +6,10 @@ from gateway.plugins._api import (
     EntityIndex,
     ExitResponse,
     Headers,
-    Plugin,
     Response,
     ServiceRequest,
-    overrides,
 )
+from gateway.plugins._plugin import Plugin, overrides
 from gateway.plugins._registry import available_plugins, get_plugin, plugin_versions
 
 __all__ = [

@@ -19,14 +19,16 @@ Third-party plugins are registered with the ``gateway.plugins`` entry point grou
 
     [project.entry-points."gateway.plugins"]
     my-plugin = "my_package.module:MyPlugin"
+
+This module holds what the proxy builds per request (``Context``, ``Headers``...); it is on
+the compiled hot path (``gateway._build``). The ``Plugin`` base class lives in
+``gateway.plugins._plugin``, plain Python, so that any class may derive from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, NoReturn, Protocol
-
-from gateway.schema import Record
+from typing import Any, NoReturn, Protocol
 
 
 class Headers:
@@ -185,7 +187,25 @@ class Response:
 
 
 class Context:
-    """Everything a plugin sees of one request."""
+    """Everything a plugin sees of one request.
+
+    Its attributes are fixed (``__slots__``, and a compiled class in the compiled build):
+    state a plugin keeps for the request goes in ``shared``.
+    """
+
+    __slots__ = (
+        "_body_reader",
+        "consumer",
+        "credential",
+        "entities",
+        "now",
+        "request",
+        "response",
+        "route",
+        "service",
+        "service_request",
+        "shared",
+    )
 
     def __init__(
         self,
@@ -247,45 +267,3 @@ class Context:
         if len(data) > limit:
             self.exit(413, {"message": "Request size limit exceeded"})
         return data
-
-
-class Plugin:
-    """Base class of plugins. Override the phases you need."""
-
-    name: ClassVar[str]
-    version: ClassVar[str]
-    priority: ClassVar[int]
-    config_schema: ClassVar[Record]
-    #: protocols the plugin may be enabled for (Kong's ``protocols`` field choices)
-    protocols: ClassVar[tuple[str, ...]] = ("grpc", "grpcs", "http", "https")
-    #: Kong's scoping restrictions
-    no_consumer: ClassVar[bool] = False
-    no_route: ClassVar[bool] = False
-    no_service: ClassVar[bool] = False
-
-    def __init__(self, config: dict[str, Any], *, plugin_id: str = "") -> None:
-        self.config = config
-        #: the plugin entity's id: stable across configuration versions (use it to key
-        #: state that must survive a swap, such as rate-limiting counters)
-        self.plugin_id = plugin_id
-
-    async def rewrite(self, ctx: Context) -> None:
-        """Runs before routing-dependent work; only for global plugins."""
-
-    async def access(self, ctx: Context) -> None:
-        """Runs before the upstream request; may authenticate, reject or rewrite."""
-
-    def header_filter(self, ctx: Context) -> None:
-        """Runs when the response headers are known; may change ``ctx.response``."""
-
-    def body_filter(self, ctx: Context, chunk: bytes, eof: bool) -> bytes:
-        """Runs on each response body chunk; returns the chunk to send."""
-        return chunk
-
-    def log(self, ctx: Context) -> None:
-        """Runs after the response was sent. Must not block."""
-
-
-def overrides(plugin_cls: type[Plugin], phase: str) -> bool:
-    """True when ``plugin_cls`` implements ``phase`` (the runtime skips the others)."""
-    return getattr(plugin_cls, phase) is not getattr(Plugin, phase)

@@ -7,7 +7,7 @@ import logging
 from functools import cache
 from importlib.metadata import entry_points
 
-from gateway.plugins._api import Plugin
+from gateway.plugins._plugin import Plugin
 
 log = logging.getLogger("gateway.plugins")
 

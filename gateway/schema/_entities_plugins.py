@@ -18,7 +18,7 @@ from gateway.schema._errors import SchemaViolation
 from gateway.schema._fields import Boolean, Record, String, _deepcopy
 
 if TYPE_CHECKING:
-    from gateway.plugins._api import Plugin
+    from gateway.plugins._plugin import Plugin
 
 DEFAULT_PLUGIN_PROTOCOLS = ("grpc", "grpcs", "http", "https")
 

@@ -13,7 +13,8 @@ import os
 import uuid
 from typing import ClassVar
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION, header_name
 from gateway.schema import Boolean, Record, String
 

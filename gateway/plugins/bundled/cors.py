@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION
 from gateway.schema import Array, Boolean, Number, Record, String
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, ClassVar
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION, ip_or_cidr_check
 from gateway.schema import Array, Integer, Record, String
 

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
 
 from gateway._forms import parse_multipart
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION, header_name
 from gateway.schema import Array, Boolean, Record, String
 

@@ -21,7 +21,8 @@ import math
 import time
 from typing import Any, ClassVar
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION, header_name
 from gateway.schema import Boolean, Integer, Number, Record, String
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION
 from gateway.schema import Boolean, Integer, Record, String
 

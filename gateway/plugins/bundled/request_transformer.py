@@ -12,7 +12,8 @@ import json
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION
 from gateway.plugins.bundled._transform import (
     apply_headers,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from gateway.plugins._api import Context, Plugin
+from gateway.plugins._api import Context
+from gateway.plugins._plugin import Plugin
 from gateway.plugins.bundled._common import VERSION
 from gateway.plugins.bundled._transform import (
     apply_headers,
