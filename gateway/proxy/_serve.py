@@ -109,14 +109,6 @@ async def serve_proxy(
     # the config and everything imported so far live for long: keep them out of the
     # collector's generations (shorter pauses with large configs)
     gc.freeze()
-    # A request allocates a few dozen container objects, nearly all freed by reference
-    # counting; a young-generation collection every 700 allocations (the default) then
-    # costs ~7 % of a proxied request with plugins (py-spy). Every 10,000 costs the same per
-    # collection (what it scans is what is alive: the requests in flight) 14 times less
-    # often: +7 % req/s in bench/proxy.py case (b).
-    gen0, gen1, gen2 = gc.get_threshold()
-    if 0 < gen0 < 10_000:
-        gc.set_threshold(10_000, gen1, gen2)
     listeners = [
         (trio.SocketListener(trio.socket.from_stdlib_socket(ls.sock)), ls.ssl) for ls in listen
     ]

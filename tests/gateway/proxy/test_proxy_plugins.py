@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, ClassVar
 
 import pytest
@@ -19,7 +20,8 @@ from proxy_support import (
 
 import gateway.proxy._pipeline as pipeline
 from gateway import ConfigError
-from gateway.plugins import Context, Plugin, get_plugin
+from gateway.http import RequestHead
+from gateway.plugins import Context, Headers, Plugin, ServiceRequest, get_plugin
 from gateway.proxy import compile_config
 from gateway.schema import Record
 
@@ -243,3 +245,30 @@ async def test_consumer_scoped_plugin_applies_after_authentication(nursery: trio
 async def test_unknown_plugin_refuses_the_config() -> None:
     with pytest.raises(ConfigError, match="not-there"):
         compile_config(config(plugins=[plugin("not-there")]))
+
+
+async def test_requests_with_plugins_leave_no_reference_cycles(nursery: trio.Nursery) -> None:
+    # Objects of a proxied request must be freed by reference counting when it ends: a cycle
+    # per request (the body reader closure once held the context) fills the collector's
+    # young generation and costs ~7 % of the throughput plus multi-millisecond pauses.
+    up = await start_echo(nursery)
+    svc = service(up.port)
+    cfg = config(
+        services=[svc],
+        routes=[route(svc)],
+        plugins=[plugin("test-recorder"), plugin("test-body", {"limit": 100})],
+    )
+    port, _ = await start_proxy(nursery, cfg)
+    assert (await request(port, "POST", "/", body=b"warm-up")).status == 200
+    per_request = (Context, ServiceRequest, Headers, RequestHead)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            assert (await request(port, "POST", "/", body=b"abc")).status == 200
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, per_request)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert leaked == []
