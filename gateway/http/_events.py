@@ -201,11 +201,14 @@ _FRAMING_RE = re.compile(
 )
 
 
-def check_head_block(block: bytes, limits: Limits, *, request: bool) -> None:
+def check_head_block(block: bytes, limits: Limits, *, request: bool, framing: bool = True) -> None:
     """Raw checks on a complete head (ending with CRLF CRLF) before any backend parses it.
 
     Done with C-level scans of the whole block (count, find, one regex) rather than a loop
-    over lines: this runs for every message on both legs.
+    over lines: this runs for every message on both legs. ``framing=False`` skips the regex
+    over the framing headers, for a backend whose parsed header list is complete
+    (duplicates kept), since ``build_request_head`` / ``build_response_head`` check the same
+    on that list.
     """
     body = block[:-2]  # keep the CRLF ending the last header line
     if body.count(b"\r\n") - 1 > limits.max_headers:
@@ -214,6 +217,8 @@ def check_head_block(block: bytes, limits: Limits, *, request: bool) -> None:
         raise HttpError(400, "obsolete line folding in the header block")
     if b"\r\n\r\n" in body:
         raise HttpError(400, "empty header line")
+    if not framing:
+        return
     found = _FRAMING_RE.findall(block)
     if not found:
         return

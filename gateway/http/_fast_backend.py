@@ -148,11 +148,32 @@ class ChunkedDecoder:
 
 
 class _HeadCollector:
-    """httptools callbacks for one head."""
+    """httptools callbacks for one head.
 
-    __slots__ = ("complete", "headers", "url")
+    The callbacks it does not need are present as ``None``: httptools looks each one up when
+    it creates a parser (one per head here), and a missing attribute costs an exception
+    inside ``getattr``.
+    """
+
+    __slots__ = (
+        "complete",
+        "headers",
+        "on_body",
+        "on_chunk_complete",
+        "on_chunk_header",
+        "on_message_begin",
+        "on_message_complete",
+        "on_status",
+        "url",
+    )
 
     def __init__(self) -> None:
+        self.on_body: None = None
+        self.on_chunk_complete: None = None
+        self.on_chunk_header: None = None
+        self.on_message_begin: None = None
+        self.on_message_complete: None = None
+        self.on_status: None = None
         self.url = b""
         self.headers: HeaderList = []
         self.complete = False
@@ -201,7 +222,9 @@ class _MessageReader:
         block = bytes(buf[:end])
         del buf[:end]
         if not self._regex:
-            check_head_block(block, self._limits, request=self._request)
+            # llhttp hands every header line to the collector, duplicates included: the
+            # framing checks run on that list (build_*_head)
+            check_head_block(block, self._limits, request=self._request, framing=False)
         return block
 
     def _start_body(self, content_length: int | None, chunked: bool, until_eof: bool) -> None:
