@@ -1,0 +1,208 @@
+"""CPU instructions per proxied request, counted by valgrind (callgrind): nginx vs the gateway.
+
+The wrk figures of bench/proxy.py move by 10-20 % from run to run on a shared VM, which
+hides the effect of most single changes. Instruction counts do not move: the same binary,
+inputs and environment give the same count, whatever else the machine does. This bench
+runs nginx as a reverse proxy (1 worker) and the gateway (1 worker, cases (a) and (b) of
+bench/proxy.py) under callgrind, sends ``--warmup`` requests on one keep-alive connection,
+zeroes the counters (``callgrind_control --zero``), sends ``--requests`` more, dumps the
+counters and prints instructions per request and the ratio to nginx, all in one run.
+
+Counts are user-space only (the kernel's TCP work, the same for every proxy, is not in
+them) and a single connection has no concurrency, so this is a cost model, not a
+throughput. Use it to compare two versions of the code; use bench/proxy.py for throughput.
+
+    python bench/instructions.py [--requests 2000] [--warmup 200]
+
+Needs the Debian packages ``valgrind`` and ``nginx`` (callgrind_control comes with
+valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from proxy import API_KEY, NGINX_UPSTREAM, free_port, wait_port  # noqa: E402
+
+NGINX_PROXY_SINGLE = """
+worker_processes 1;
+daemon off;
+master_process off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def send_requests(sock: socket.socket, count: int, extra: str) -> None:
+    request = (
+        f"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nAccept: */*\r\n{extra}\r\n"
+    ).encode()
+    for _ in range(count):
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"hello world\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit("the proxy closed the connection")
+            data += chunk
+        if not data.startswith(b"HTTP/1.1 200 "):
+            raise SystemExit(f"unexpected answer: {data[:80]!r}")
+
+
+def connect(port: int, timeout: float = 120.0) -> socket.socket:
+    deadline = time.monotonic() + timeout  # valgrind makes start-up slow
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace, extra: str) -> float:
+    out = Path(tempfile.mkdtemp(prefix="bench-cg-")) / "callgrind.out"
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sock = connect(port)
+        send_requests(sock, args.warmup, extra)
+        subprocess.run(
+            ["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True
+        )
+        send_requests(sock, args.requests, extra)
+        subprocess.run(
+            ["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True
+        )
+        sock.close()
+    finally:
+        proc.send_signal(signal.SIGINT if "nginx" not in cmd[0] else signal.SIGQUIT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    dumps = sorted(out.parent.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise SystemExit(f"{name}: callgrind wrote no dump")
+    text = dumps[0].read_text(errors="replace")
+    match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+    if match is None:
+        raise SystemExit(f"{name}: no totals in {dumps[0]}")
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return int(match.group(1)) / args.requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--backend", default="httptools", choices=("h11", "httptools", "fast"))
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install -y valgrind nginx")
+
+    from gateway._build import hot_path_build
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
+    up_port = free_port()
+    (tmp / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=tmp, port=up_port))
+    upstream = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "upstream.conf")])
+    results: list[tuple[str, float]] = []
+    try:
+        wait_port(up_port)
+        px_port = free_port()
+        (tmp / "proxy.conf").write_text(
+            NGINX_PROXY_SINGLE.format(dir=tmp, port=px_port, upstream=up_port)
+        )
+        nginx_cmd = [
+            shutil.which("nginx") or "nginx",
+            "-p",
+            str(tmp),
+            "-c",
+            str(tmp / "proxy.conf"),
+        ]
+        results.append(("nginx reverse proxy", measure("nginx", nginx_cmd, px_port, args, "")))
+        for case, routes, label in (
+            ("a", 1, "gateway (a) 1 route, no plugins"),
+            ("b", 100, "gateway (b) 100 routes, key-auth + rate-limiting"),
+        ):
+            port = free_port()
+            cmd = [
+                sys.executable,
+                str(BENCH / "proxy.py"),
+                "--serve-gateway",
+                "--port",
+                str(port),
+                "--upstream",
+                str(up_port),
+                "--case",
+                case,
+                "--workers",
+                "1",
+                "--routes",
+                str(routes),
+                "--backend",
+                args.backend,
+            ]
+            extra = f"apikey: {API_KEY}\r\n" if case == "b" else ""
+            results.append((label, measure(label, cmd, port, args, extra)))
+    finally:
+        upstream.send_signal(signal.SIGQUIT)
+        upstream.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}; proxy hot path: {hot_path_build().describe()}; "
+        f"parser backend {args.backend}"
+    )
+    print(
+        f"callgrind, one keep-alive connection, {args.warmup} requests of warm-up, then "
+        f"{args.requests} counted\n"
+    )
+    reference = results[0][1]
+    print(f"| {'setup':<50} | {'instructions/request':>20} | {'x nginx':>8} |")
+    print(f"|{'-' * 52}|{'-' * 22}|{'-' * 10}|")
+    for name, value in results:
+        print(f"| {name:<50} | {value:>20,.0f} | {value / reference:>8.1f} |")
+
+
+if __name__ == "__main__":
+    main()
