@@ -201,18 +201,23 @@ _FRAMING_RE = re.compile(
 )
 
 
-def check_head_block(block: bytes, limits: Limits, *, request: bool, framing: bool = True) -> None:
+def check_head_block(
+    block: bytes, limits: Limits, *, request: bool, framing: bool = True, structure: bool = True
+) -> None:
     """Raw checks on a complete head (ending with CRLF CRLF) before any backend parses it.
 
     Done with C-level scans of the whole block (count, find, one regex) rather than a loop
     over lines: this runs for every message on both legs. ``framing=False`` skips the regex
     over the framing headers, for a backend whose parsed header list is complete
     (duplicates kept), since ``build_request_head`` / ``build_response_head`` check the same
-    on that list.
+    on that list; ``structure=False`` skips the obs-fold and empty-line scans, for a
+    backend whose grammar refuses both.
     """
-    body = block[:-2]  # keep the CRLF ending the last header line
-    if body.count(b"\r\n") - 1 > limits.max_headers:
+    if block.count(b"\r\n") - 2 > limits.max_headers:
         raise HttpError(431, "too many header fields")
+    if not structure:
+        return
+    body = block[:-2]  # keep the CRLF ending the last header line
     if b"\r\n " in body or b"\r\n\t" in body:  # obs-fold (RFC 9112 5.2)
         raise HttpError(400, "obsolete line folding in the header block")
     if b"\r\n\r\n" in body:

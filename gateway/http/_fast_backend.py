@@ -10,8 +10,11 @@ Theory of operation: each message goes through three states. HEAD: bytes accumul
   characters, absolute-form targets with spaces...) does not match and is a 400. Header
   names and values come from a second regex over the fields. This is the default: the whole
   head is validated and split in two C calls, ~5x cheaper than the alternatives here; or
-* ``"httptools"``: the raw checks of ``_events`` run, then a fresh llhttp parser reads
-  just the head block (it validates tokens, the request line and header syntax in C).
+* ``"httptools"``: a fresh llhttp parser reads just the head block; it validates tokens,
+  the request line and header syntax in C, and refuses bare CR or LF and obs-folds (llhttp
+  is strict by default; tests/gateway/proxy/test_proxy_http_parsing.py runs every such
+  case against every backend). Of the raw checks of ``_events`` only the count of header
+  lines runs on the block.
 
 Framing and the other semantic checks are ``build_request_head`` / ``build_response_head``,
 shared with the h11 backend.
@@ -216,15 +219,21 @@ class _MessageReader:
         if self._request:
             while buf.startswith(b"\r\n"):
                 del buf[:2]
-        end = find_head_end(buf, self._limits, request=self._request, scan_complete=not self._regex)
+        # Both grammars refuse bare CR or LF themselves (the regex by construction, llhttp
+        # by default: "Missing expected CR after header value"), so a complete head is not
+        # scanned for them here; an incomplete one still is, to refuse it early.
+        end = find_head_end(buf, self._limits, request=self._request, scan_complete=False)
         if end < 0:
             return None
         block = bytes(buf[:end])
         del buf[:end]
         if not self._regex:
-            # llhttp hands every header line to the collector, duplicates included: the
-            # framing checks run on that list (build_*_head)
-            check_head_block(block, self._limits, request=self._request, framing=False)
+            # llhttp refuses obs-folds too and hands every header line to the collector,
+            # duplicates included: the framing checks run on that list (build_*_head); the
+            # count of header lines is the one check left to do on the raw block
+            check_head_block(
+                block, self._limits, request=self._request, framing=False, structure=False
+            )
         return block
 
     def _start_body(self, content_length: int | None, chunked: bool, until_eof: bool) -> None:
