@@ -3,10 +3,12 @@
 The wrk figures of bench/proxy.py move by 10-20 % from run to run on a shared VM, which
 hides the effect of most single changes. Instruction counts do not move: the same binary,
 inputs and environment give the same count, whatever else the machine does. This bench
-runs nginx as a reverse proxy (1 worker) and the gateway (1 worker, cases (a) and (b) of
-bench/proxy.py) under callgrind, sends ``--warmup`` requests on one keep-alive connection,
-zeroes the counters (``callgrind_control --zero``), sends ``--requests`` more, dumps the
-counters and prints instructions per request and the ratio to nginx, all in one run.
+runs nginx as a reverse proxy (1 worker), the least a Trio proxy can do
+(bench/trio_floor.py: two socket waits per request, no parsing) and the gateway (1 worker,
+cases (a) and (b) of bench/proxy.py) under callgrind, sends ``--warmup`` requests on one
+keep-alive connection, zeroes the counters (``callgrind_control --zero``), sends
+``--requests`` more, dumps the counters and prints instructions per request and the ratio
+to nginx, all in one run.
 
 Counts are user-space only (the kernel's TCP work, the same for every proxy, is not in
 them) and a single connection has no concurrency, so this is a cost model, not a
@@ -37,6 +39,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from proxy import API_KEY, NGINX_UPSTREAM, free_port, wait_port  # noqa: E402
+
+# the upstream of bench/proxy.py, keeping its client connections for good (the floor proxy
+# below does not reconnect)
+UPSTREAM = NGINX_UPSTREAM.replace(
+    "access_log off;", "access_log off;\n  keepalive_requests 1000000;"
+)
 
 NGINX_PROXY_SINGLE = """
 worker_processes 1;
@@ -110,7 +118,7 @@ def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace, extr
         )
         sock.close()
     finally:
-        proc.send_signal(signal.SIGINT if "nginx" not in cmd[0] else signal.SIGQUIT)
+        proc.send_signal(signal.SIGTERM if "nginx" not in cmd[0] else signal.SIGQUIT)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -142,7 +150,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     up_port = free_port()
-    (tmp / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=tmp, port=up_port))
+    (tmp / "upstream.conf").write_text(UPSTREAM.format(dir=tmp, port=up_port))
     upstream = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "upstream.conf")])
     results: list[tuple[str, float]] = []
     try:
@@ -159,6 +167,11 @@ def main() -> None:
             str(tmp / "proxy.conf"),
         ]
         results.append(("nginx reverse proxy", measure("nginx", nginx_cmd, px_port, args, "")))
+        floor_port = free_port()
+        floor_cmd = [sys.executable, str(BENCH / "trio_floor.py"), str(floor_port), str(up_port)]
+        results.append(
+            ("Trio floor (bench/trio_floor.py)", measure("floor", floor_cmd, floor_port, args, ""))
+        )
         for case, routes, label in (
             ("a", 1, "gateway (a) 1 route, no plugins"),
             ("b", 100, "gateway (b) 100 routes, key-auth + rate-limiting"),
