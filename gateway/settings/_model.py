@@ -483,10 +483,10 @@ class Settings:
         type="httptools | h11 | fast",
         doc=(
             "HTTP/1.1 parser of the proxy. `httptools` (llhttp, Node.js's parser; the default) "
-            "is fast and well kept; `h11` is the pure-Python reference; `fast` is our own "
-            "regex head parser, the cheapest per request. All three pass the same "
-            "request-smuggling and conformance suite; our own framing checks run on top of "
-            "each."
+            "is well kept and, in the compiled build, the cheapest per request; `h11` is the "
+            "pure-Python reference; `fast` is our own regex head parser (the cheapest in the "
+            "pure-Python build). All three pass the same request-smuggling and conformance "
+            "suite; our own framing checks run on top of each."
         ),
         roles=_PROXYING,
     )
