@@ -38,7 +38,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from proxy import API_KEY, NGINX_UPSTREAM, free_port, wait_port  # noqa: E402
+from proxy import API_KEY, NGINX_PROXY, NGINX_UPSTREAM, free_port, wait_port  # noqa: E402
 
 # the upstream of bench/proxy.py, keeping its client connections for good (the floor proxy
 # below does not reconnect)
@@ -46,27 +46,11 @@ UPSTREAM = NGINX_UPSTREAM.replace(
     "access_log off;", "access_log off;\n  keepalive_requests 1000000;"
 )
 
-NGINX_PROXY_SINGLE = """
-worker_processes 1;
-daemon off;
-master_process off;
-pid {dir}/proxy.pid;
-error_log {dir}/proxy-error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 16; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
-}}
-"""
+# nginx as the reverse proxy of bench/proxy.py, in one process (valgrind follows no fork) and
+# keeping its client connection for good
+NGINX_PROXY_SINGLE = NGINX_PROXY.replace("daemon off;", "daemon off;\nmaster_process off;").replace(
+    "access_log off;", "access_log off;\n  keepalive_requests 1000000;"
+)
 
 
 def send_requests(sock: socket.socket, count: int, extra: str) -> None:

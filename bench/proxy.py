@@ -319,6 +319,32 @@ class Gateway:
             self.proc.kill()
 
 
+def print_table(
+    rows: list[tuple[str, dict[str, float]]],
+    ref: dict[str, float],
+    ratios: tuple[str, str],
+    *,
+    digits: int,
+) -> None:
+    """A markdown table of wrk results; ``ratios``: the two columns shown as x ``ref``."""
+    titles = {"rps": "x nginx req/s", "p50": "x nginx p50", "p99": "x nginx p99"}
+    t1, t2 = (titles[k] for k in ratios)
+    w1, w2 = max(len(t1), 11), max(len(t2), 11)
+    print(
+        f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+        f"| {t1:>{w1}} | {t2:>{w2}} |"
+    )
+    print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * (w1 + 2)}|{'-' * (w2 + 2)}|")
+    for name, r in rows:
+        x1, x2 = (r[k] / ref[k] for k in ratios)
+        print(
+            f"| {name:<58} | {r['rps']:>9.0f} | {r['p50']:>7.{digits}f} | {r['p99']:>7.{digits}f} "
+            f"| {x1:>{w1}.2f} | {x2:>{w2}.2f} |"
+        )
+        if r["errors"]:
+            print(f"  ({r['errors']:.0f} non-2xx responses)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -418,7 +444,6 @@ def main() -> None:
             proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    ref_rps, ref_p99 = reference["rps"], reference["p99"]
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
         f"Python {platform.python_version()}"
@@ -429,36 +454,13 @@ def main() -> None:
         f"parser backend {args.backend}; pinning: {pinning}; load average before: "
         f"{load_before}\nproxy hot path: {hot_path}\n"
     )
-    print(
-        f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
-        f"| {'x nginx req/s':>13} | {'x nginx p99':>11} |"
-    )
-    print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 15}|{'-' * 13}|")
-    for name, r in results:
-        print(
-            f"| {name:<58} | {r['rps']:>9.0f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} | "
-            f"{r['rps'] / ref_rps:>13.2f} | {r['p99'] / ref_p99:>11.2f} |"
-        )
-        if r["errors"]:
-            print(f"  ({r['errors']:.0f} non-2xx responses)")
+    print_table(results, reference, ("rps", "p99"), digits=2)
     if paced:
-        ref = paced[0][1]
         print(
             f"\nLatency at equal load: each of the {args.connections} connections paced so that "
             f"together they offer ~{args.rate} req/s (wrk delay() script)\n"
         )
-        print(
-            f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
-            f"| {'x nginx p50':>11} | {'x nginx p99':>11} |"
-        )
-        print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 13}|")
-        for name, r in paced:
-            print(
-                f"| {name:<58} | {r['rps']:>9.0f} | {r['p50']:>7.3f} | {r['p99']:>7.3f} | "
-                f"{r['p50'] / ref['p50']:>11.2f} | {r['p99'] / ref['p99']:>11.2f} |"
-            )
-            if r["errors"]:
-                print(f"  ({r['errors']:.0f} non-2xx responses)")
+        print_table(paced, paced[0][1], ("p50", "p99"), digits=3)
     print(f"\nRSS of one gateway worker with 10,000 routes loaded: {rss_10k / 1024:.1f} MiB")
     if args.json:
         print(json.dumps({"results": results, "paced": paced, "rss_10k_kib": rss_10k}, indent=1))
