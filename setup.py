@@ -41,17 +41,11 @@ class OptionalBuildExt(build_ext):
             # start) would import the uncompiled sources in front of the installed package
             self.copy_extensions_to_source()
 
-    def build_extensions(self) -> None:
-        try:
-            super().build_extensions()
-        except Exception as exc:
-            self._give_up(exc)
-
     def _give_up(self, exc: Exception) -> None:
         for ext in self.extensions:
-            for path in (self.get_ext_fullpath(ext.name),):
-                if os.path.exists(path):
-                    os.remove(path)
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                os.remove(path)
         self.extensions = []
         print(
             f"warning: the proxy hot path was not compiled ({exc}); installing pure Python",

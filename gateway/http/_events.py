@@ -6,12 +6,14 @@ Theory of operation: a parser backend is a sans-I/O object. The shell feeds it b
 message), ``NEED_DATA``, ``PAUSED`` (server side: a complete request was read; call
 ``start_next_cycle`` for the next one) or ``CLOSED`` (the peer closed between messages).
 
-Both backends (the h11 reference and the httptools-based fast one) run the same raw checks on
-every head block *before* parsing it (``check_head_block``) and build heads with the same
-semantic checks (``build_request_head``). h11 silently accepts several smuggling vectors
-(obs-folds, bare LF, ``Content-Length`` + ``Transfer-Encoding``, duplicate identical
-``Content-Length``, absolute-form targets, ``HTTP/2.0`` request lines); these checks refuse
-them the same way whichever backend runs, so the conformance suite runs against both.
+Every backend builds heads with the same semantic checks (``build_request_head`` /
+``build_response_head``: framing, duplicates, Host, version, target form) and counts header
+lines (``check_header_count``). h11 silently accepts several smuggling vectors (obs-folds,
+bare LF, ``Content-Length`` + ``Transfer-Encoding``, duplicate identical ``Content-Length``,
+absolute-form targets, ``HTTP/2.0`` request lines), so its head blocks also get the raw
+checks of ``check_head_block`` (and ``find_head_end``'s CR/LF scan) before parsing; llhttp
+and the regex grammar refuse those byte-level faults themselves. The conformance suite runs
+against every backend, so all refuse the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "build_request_head",
     "build_response_head",
     "check_head_block",
+    "check_header_count",
     "find_head_end",
 ]
 
@@ -201,29 +204,25 @@ _FRAMING_RE = re.compile(
 )
 
 
-def check_head_block(
-    block: bytes, limits: Limits, *, request: bool, framing: bool = True, structure: bool = True
-) -> None:
-    """Raw checks on a complete head (ending with CRLF CRLF) before any backend parses it.
-
-    Done with C-level scans of the whole block (count, find, one regex) rather than a loop
-    over lines: this runs for every message on both legs. ``framing=False`` skips the regex
-    over the framing headers, for a backend whose parsed header list is complete
-    (duplicates kept), since ``build_request_head`` / ``build_response_head`` check the same
-    on that list; ``structure=False`` skips the obs-fold and empty-line scans, for a
-    backend whose grammar refuses both.
-    """
+def check_header_count(block: bytes, limits: Limits) -> None:
+    """431 when a complete head (ending with CRLF CRLF) has more header lines than allowed."""
     if block.count(b"\r\n") - 2 > limits.max_headers:
         raise HttpError(431, "too many header fields")
-    if not structure:
-        return
+
+
+def check_head_block(block: bytes, limits: Limits, *, request: bool) -> None:
+    """Raw checks on a complete head (ending with CRLF CRLF) before a backend that accepts
+    too much (h11, see the module docstring) parses it.
+
+    Done with C-level scans of the whole block (count, find, one regex) rather than a loop
+    over lines: this runs for every message on both legs.
+    """
+    check_header_count(block, limits)
     body = block[:-2]  # keep the CRLF ending the last header line
     if b"\r\n " in body or b"\r\n\t" in body:  # obs-fold (RFC 9112 5.2)
         raise HttpError(400, "obsolete line folding in the header block")
     if b"\r\n\r\n" in body:
         raise HttpError(400, "empty header line")
-    if not framing:
-        return
     found = _FRAMING_RE.findall(block)
     if not found:
         return
