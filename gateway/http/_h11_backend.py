@@ -35,7 +35,10 @@ def _status(exc: h11.RemoteProtocolError, default: int = 400) -> int:
     return hint if isinstance(hint, int) and hint >= 400 else default
 
 
-class H11RequestParser:
+class _H11Side:
+    """What both directions share: bytes go to our buffer until a head is complete (our own
+    head checks run on it), then to a fresh ``h11.Connection`` for the rest of the message."""
+
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._buf = bytearray()
@@ -43,12 +46,15 @@ class H11RequestParser:
         self._conn: h11.Connection | None = None
         self._done = False
 
+    def _error_status(self, exc: h11.RemoteProtocolError) -> int:
+        raise NotImplementedError
+
     def receive_data(self, data: bytes) -> None:
         if self._conn is not None and not self._done:
             try:
                 self._conn.receive_data(data)
             except h11.RemoteProtocolError as exc:
-                raise HttpError(_status(exc), str(exc)) from exc
+                raise HttpError(self._error_status(exc), str(exc)) from exc
             if not data:
                 self._eof = True
             return
@@ -56,6 +62,17 @@ class H11RequestParser:
             self._buf += data
         else:
             self._eof = True
+
+    def trailing_data(self) -> bytes:
+        if self._conn is None:
+            return bytes(self._buf)
+        data, _closed = self._conn.trailing_data
+        return bytes(data)
+
+
+class H11RequestParser(_H11Side):
+    def _error_status(self, exc: h11.RemoteProtocolError) -> int:
+        return _status(exc)
 
     def next_event(self) -> RequestHead | bytes | Sentinel:
         if self._done:
@@ -80,7 +97,7 @@ class H11RequestParser:
         try:
             ev = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise HttpError(_status(exc), str(exc)) from exc
+            raise HttpError(self._error_status(exc), str(exc)) from exc
         if ev is h11.NEED_DATA:
             if self._eof:
                 raise HttpError(400, "connection closed inside a request body")
@@ -106,23 +123,16 @@ class H11RequestParser:
         self._conn = None
         self._done = False
 
-    def trailing_data(self) -> bytes:
-        if self._conn is None:
-            return bytes(self._buf)
-        data, _closed = self._conn.trailing_data
-        return bytes(data)
 
-
-class H11ResponseParser:
+class H11ResponseParser(_H11Side):
     def __init__(self, limits: Limits, method: str, *, upgrade: bool = False) -> None:
-        self._limits = limits
+        super().__init__(limits)
         self._method = method.encode("latin-1")
         self._upgrade = upgrade
-        self._buf = bytearray()
-        self._eof = False
-        self._conn: h11.Connection | None = None
-        self._done = False
         self._switched = False
+
+    def _error_status(self, exc: h11.RemoteProtocolError) -> int:
+        return 502
 
     def _new_conn(self) -> h11.Connection:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_NO_LIMIT)
@@ -144,20 +154,6 @@ class H11ResponseParser:
             and not conn.trailing_data[0]
         )
 
-    def receive_data(self, data: bytes) -> None:
-        if self._conn is not None and not self._done:
-            try:
-                self._conn.receive_data(data)
-            except h11.RemoteProtocolError as exc:
-                raise HttpError(502, str(exc)) from exc
-            if not data:
-                self._eof = True
-            return
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-
     def next_event(self) -> ResponseHead | bytes | Sentinel:
         if self._done:
             return PAUSED
@@ -177,7 +173,7 @@ class H11ResponseParser:
         try:
             ev = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise HttpError(502, str(exc)) from exc
+            raise HttpError(self._error_status(exc), str(exc)) from exc
         if ev is h11.NEED_DATA:
             if self._eof:
                 raise HttpError(502, "upstream closed inside a response")
@@ -205,9 +201,3 @@ class H11ResponseParser:
         if isinstance(ev, h11.ConnectionClosed):
             raise HttpError(502, "upstream closed")
         return PAUSED
-
-    def trailing_data(self) -> bytes:
-        if self._conn is None:
-            return bytes(self._buf)
-        data, _closed = self._conn.trailing_data
-        return bytes(data)

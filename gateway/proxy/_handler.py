@@ -76,30 +76,8 @@ SERVER = f"gateway/{__version__}".encode()
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 FLUSH_AT = 64 * 1024
 
-# Never forwarded as received: hop-by-hop (RFC 9110 7.6.1), framing (we set it), and the
-# headers we compute ourselves.
-_REQUEST_DROP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"host",
-        b"expect",
-        b"x-real-ip",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-forwarded-path",
-        b"x-forwarded-prefix",
-    }
-)
-_RESPONSE_DROP = frozenset(
+# Hop-by-hop (RFC 9110 7.6.1) and framing (we set it): never forwarded in either direction.
+_HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -118,6 +96,9 @@ _FORWARDED = (
     b"x-forwarded-path",
     b"x-forwarded-prefix",
 )
+_RESPONSE_DROP = _HOP_BY_HOP
+# ... and on the request, the headers we compute ourselves
+_REQUEST_DROP = _HOP_BY_HOP | {b"host", b"expect", b"x-real-ip", b"x-forwarded-for", *_FORWARDED}
 
 
 class ClientFailure(Exception):

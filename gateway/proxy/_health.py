@@ -174,33 +174,32 @@ class HealthPolicy:
                 headers=_headers(active.get("headers")),
                 healthy_interval=float(_number(a_healthy.get("interval"), 0)),
                 unhealthy_interval=float(_number(a_unhealthy.get("interval"), 0)),
-                rules=CounterRules(
-                    healthy_statuses=_statuses(
-                        a_healthy.get("http_statuses"), _ACTIVE_HEALTHY_STATUSES
-                    ),
-                    successes=int(_number(a_healthy.get("successes"), 0)),
-                    unhealthy_statuses=_statuses(
-                        a_unhealthy.get("http_statuses"), _ACTIVE_UNHEALTHY_STATUSES
-                    ),
-                    tcp_failures=int(_number(a_unhealthy.get("tcp_failures"), 0)),
-                    timeouts=int(_number(a_unhealthy.get("timeouts"), 0)),
-                    http_failures=int(_number(a_unhealthy.get("http_failures"), 0)),
+                rules=_counter_rules(
+                    a_healthy, a_unhealthy, _ACTIVE_HEALTHY_STATUSES, _ACTIVE_UNHEALTHY_STATUSES
                 ),
             ),
-            passive=CounterRules(
-                healthy_statuses=_statuses(
-                    p_healthy.get("http_statuses"), _PASSIVE_HEALTHY_STATUSES
-                ),
-                successes=int(_number(p_healthy.get("successes"), 0)),
-                unhealthy_statuses=_statuses(
-                    p_unhealthy.get("http_statuses"), _PASSIVE_UNHEALTHY_STATUSES
-                ),
-                tcp_failures=int(_number(p_unhealthy.get("tcp_failures"), 0)),
-                timeouts=int(_number(p_unhealthy.get("timeouts"), 0)),
-                http_failures=int(_number(p_unhealthy.get("http_failures"), 0)),
+            passive=_counter_rules(
+                p_healthy, p_unhealthy, _PASSIVE_HEALTHY_STATUSES, _PASSIVE_UNHEALTHY_STATUSES
             ),
             threshold=float(_number(checks.get("threshold"), 0)),
         )
+
+
+def _counter_rules(
+    healthy: Mapping[str, Any],
+    unhealthy: Mapping[str, Any],
+    healthy_default: Sequence[int],
+    unhealthy_default: Sequence[int],
+) -> CounterRules:
+    """The counters of an active or passive check (its ``healthy`` / ``unhealthy`` records)."""
+    return CounterRules(
+        healthy_statuses=_statuses(healthy.get("http_statuses"), healthy_default),
+        successes=int(_number(healthy.get("successes"), 0)),
+        unhealthy_statuses=_statuses(unhealthy.get("http_statuses"), unhealthy_default),
+        tcp_failures=int(_number(unhealthy.get("tcp_failures"), 0)),
+        timeouts=int(_number(unhealthy.get("timeouts"), 0)),
+        http_failures=int(_number(unhealthy.get("http_failures"), 0)),
+    )
 
 
 def _record(value: object) -> Mapping[str, Any]:
