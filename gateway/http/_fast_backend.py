@@ -225,8 +225,12 @@ class _MessageReader:
         end = find_head_end(buf, self._limits, request=self._request, scan_complete=False)
         if end < 0:
             return None
-        block = bytes(buf[:end])
-        del buf[:end]
+        if end == len(buf):  # the usual request: nothing after the head yet
+            block = bytes(buf)
+            buf.clear()
+        else:
+            block = bytes(buf[:end])
+            del buf[:end]
         if not self._regex:
             # llhttp refuses obs-folds too and hands every header line to the collector,
             # duplicates included: the framing checks run on that list (build_*_head); the
@@ -324,10 +328,15 @@ class FastRequestParser(_MessageReader):
     def _httptools_head(self, block: bytes) -> RequestHead:
         collector = _HeadCollector()
         parser: Any = _feed_head(httptools.HttpRequestParser(collector), collector, block, 400)
+        # llhttp accepted the request line, so it ends with "HTTP/d.d" (cheaper to slice than
+        # get_http_version, which formats a string)
+        line_end = block.find(b"\r\n")
+        if block[line_end - 8 : line_end - 3] != b"HTTP/":
+            raise HttpError(400, "malformed request line")  # llhttp also takes RTSP/ and ICE/
         return build_request_head(
             parser.get_method().decode("latin-1"),
             collector.url.decode("latin-1"),
-            parser.get_http_version(),
+            block[line_end - 3 : line_end].decode("latin-1"),
             collector.headers,
         )
 
@@ -409,4 +418,7 @@ class FastResponseParser(_MessageReader):
         status: int = parser.get_status_code()
         line = block[: block.find(b"\r\n")]
         reason = line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
-        return build_response_head(status, reason, parser.get_http_version(), collector.headers)
+        if not block.startswith(b"HTTP/"):
+            raise HttpError(502, "malformed response head")  # llhttp also takes RTSP/ and ICE/
+        # the status line llhttp accepted starts with "HTTP/d.d "
+        return build_response_head(status, reason, block[5:8].decode("latin-1"), collector.headers)

@@ -24,8 +24,10 @@ import math
 import socket
 
 import trio
+from trio import current_time
+from trio.lowlevel import notify_closing, wait_readable, wait_writable
 
-__all__ = ["WaitSlot", "Watchdog", "receive", "send_all"]
+__all__ = ["WaitSlot", "Watchdog", "raw_socket", "receive", "send_all"]
 
 
 class WaitSlot:
@@ -62,7 +64,7 @@ class Watchdog:
                 slot.deadline = math.inf
                 slot.expired = True
                 if slot.sock is not None:
-                    trio.lowlevel.notify_closing(slot.sock)
+                    notify_closing(slot.sock)
                 fired += 1
         return fired
 
@@ -70,10 +72,12 @@ class Watchdog:
         task_status.started()
         while True:
             await trio.sleep(self.tick)
-            self.check(trio.current_time())
+            self.check(current_time())
 
 
-def _raw(stream: object) -> socket.socket | None:
+def raw_socket(stream: object) -> socket.socket | None:
+    """The stdlib socket under a plain ``trio.SocketStream`` (None for other streams).
+    Connections look it up once and pass it to ``send_all`` / ``receive`` as ``sock``."""
     if type(stream) is trio.SocketStream:
         raw = getattr(stream.socket, "_sock", None)
         if isinstance(raw, socket.socket):
@@ -84,14 +88,14 @@ def _raw(stream: object) -> socket.socket | None:
 async def _wait(
     raw: socket.socket, readable: bool, timeout: float | None, slot: WaitSlot | None
 ) -> None:
-    wait = trio.lowlevel.wait_readable if readable else trio.lowlevel.wait_writable
+    wait = wait_readable if readable else wait_writable
     if timeout is None:
         await wait(raw)
         return
     if slot is not None:
         slot.sock = raw
         slot.expired = False
-        slot.deadline = trio.current_time() + timeout
+        slot.deadline = current_time() + timeout
         try:
             await wait(raw)
         except trio.ClosedResourceError:
@@ -123,8 +127,9 @@ async def send_all(
     *,
     timeout: float | None = None,
     slot: WaitSlot | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    raw = _raw(stream)
+    raw = sock if sock is not None else raw_socket(stream)
     if raw is None:
         if timeout is None:
             await stream.send_all(data)
@@ -159,9 +164,11 @@ async def receive(
     timeout: float | None = None,
     wait_first: bool = False,
     slot: WaitSlot | None = None,
+    sock: socket.socket | None = None,
 ) -> bytes:
-    """Some bytes (``b""`` at EOF). ``wait_first``: data is not expected to be there yet."""
-    raw = _raw(stream)
+    """Some bytes (``b""`` at EOF). ``wait_first``: data is not expected to be there yet.
+    ``sock``: ``raw_socket(stream)`` when the caller has it at hand."""
+    raw = sock if sock is not None else raw_socket(stream)
     if raw is None:
         if timeout is None:
             return bytes(await stream.receive_some(size))

@@ -812,6 +812,7 @@ class ProxyHandler:
         elif head.content_length is not None:
             headers.append((b"content-length", b"%d" % head.content_length))
         stream = upstream.stream
+        sock = upstream.sock
         replayable = not streaming and method in IDEMPOTENT
         sent_body = False
         got_bytes = False
@@ -825,7 +826,7 @@ class ProxyHandler:
             data = encode_request_head(method, target, headers)
             if body:
                 data += body
-            await send_all(stream, data, timeout=write_timeout, slot=conn.slot)
+            await send_all(stream, data, timeout=write_timeout, slot=conn.slot, sock=sock)
             if streaming:
                 sent_body = True
                 await self._stream_request_body(conn, head, stream, write_timeout)
@@ -833,7 +834,7 @@ class ProxyHandler:
                 ev = parser.next_event()
                 if ev is NEED_DATA:
                     chunk = await receive(
-                        stream, timeout=read_timeout, wait_first=True, slot=conn.slot
+                        stream, timeout=read_timeout, wait_first=True, slot=conn.slot, sock=sock
                     )
                     if chunk:
                         got_bytes = True
@@ -867,7 +868,7 @@ class ProxyHandler:
             await self._switch(conn, ex, upstream, parser.trailing_data(), ev, read_timeout)
             return False
         try:
-            await self._respond(conn, ex, parser, ev, stream, read_timeout)
+            await self._respond(conn, ex, parser, ev, upstream, read_timeout)
         except BaseException:
             self.pool.discard(upstream)
             raise
@@ -916,10 +917,12 @@ class ProxyHandler:
         ex: _Exchange,
         parser: Any,
         resp: ResponseHead,
-        stream: trio.abc.Stream,
+        upstream: UpstreamConnection,
         read_timeout: float,
     ) -> None:
         head = ex.head
+        stream = upstream.stream
+        sock = upstream.sock
         drop = _RESPONSE_DROP
         connection = _header(resp.headers, b"connection")
         if connection:
@@ -973,7 +976,9 @@ class ProxyHandler:
                     break
                 elif ev is NEED_DATA:
                     await conn.flush()
-                    parser.receive_data(await receive(stream, timeout=read_timeout, slot=conn.slot))
+                    parser.receive_data(
+                        await receive(stream, timeout=read_timeout, slot=conn.slot, sock=sock)
+                    )
                 else:
                     break
         except (HttpError, trio.BrokenResourceError, OSError, trio.TooSlowError) as exc:
@@ -988,7 +993,8 @@ class ProxyHandler:
                 conn.write(encode_chunk(tail) if chunked else tail)
         if chunked:
             conn.write(LAST_CHUNK)
-        await conn.flush()
+        if conn.buffered:
+            await conn.flush()
 
     async def _switch(
         self,

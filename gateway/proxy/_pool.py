@@ -6,18 +6,23 @@ recently used idle one (LIFO keeps few connections warm) whose idle time is with
 without reading), else a new one. After the response it ``release``s it: kept only if the
 response was read to its end on a persistent connection, the request count is below
 ``max_requests`` and the pool has room (``size`` idle connections per key); otherwise
-closed. A pooled connection can still be closed by the upstream just as we reuse it; the
-proxy retries such failures only for idempotent requests whose body it still has.
+closed. Idle times are on ``clock``, the system's monotonic clock by default (cheaper
+than Trio's clock; tests pass ``trio.current_time`` to run the pool on a mock clock). A
+pooled connection can still be closed by the upstream just as we reuse it; the proxy
+retries such failures only for idempotent requests whose body it still has.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import trio
+
+from gateway.http._io import raw_socket
 
 __all__ = ["ConnectionPool", "UpstreamConnection", "connect_upstream"]
 
@@ -27,10 +32,12 @@ PEEK_AFTER = 1.0
 
 
 class UpstreamConnection:
-    __slots__ = ("idle_since", "key", "requests", "reused", "stream")
+    __slots__ = ("idle_since", "key", "requests", "reused", "sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream, key: Hashable) -> None:
         self.stream = stream
+        # the stdlib socket of a plain TCP stream, for gateway.http's I/O helpers (None: TLS)
+        self.sock = raw_socket(stream)
         self.key = key
         self.requests = 0
         self.idle_since = 0.0
@@ -110,8 +117,16 @@ def verified_chain_length(tls: trio.SSLStream[Any]) -> int:
 class ConnectionPool:
     """Idle upstream connections by key. Lives across config versions."""
 
-    def __init__(self, *, size: int = 512, max_requests: int = 10000, idle_timeout: float = 60.0):
+    def __init__(
+        self,
+        *,
+        size: int = 512,
+        max_requests: int = 10000,
+        idle_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.size = size
+        self.clock = clock
         self.max_requests = max_requests
         self.idle_timeout = idle_timeout
         self._idle: dict[Hashable, list[UpstreamConnection]] = {}
@@ -127,7 +142,7 @@ class ConnectionPool:
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = trio.current_time()
+        now = self.clock()
         while idle:
             conn = idle.pop()
             idle_for = now - conn.idle_since
@@ -157,7 +172,7 @@ class ConnectionPool:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.size:
             _close_soon(idle.pop(0))
-        conn.idle_since = trio.current_time()
+        conn.idle_since = self.clock()
         idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
@@ -167,7 +182,7 @@ class ConnectionPool:
         """Close idle connections past the idle timeout (called periodically)."""
         if not self.idle_timeout:
             return
-        limit = trio.current_time() - self.idle_timeout
+        limit = self.clock() - self.idle_timeout
         for key in list(self._idle):
             keep = []
             for conn in self._idle[key]:

@@ -102,12 +102,28 @@ def normalize_regex_path(pattern: str) -> str:
     return pattern
 
 
+# Host header values seen lately (a worker sees few distinct ones); bounded, emptied when full
+_SPLIT_CACHE: dict[str, tuple[str, int | None]] = {}
+_SPLIT_CACHE_SIZE = 1024
+
+
 def split_host_port(host: str) -> tuple[str, int | None]:
     """``"Example.COM:8080"`` -> ``("example.com", 8080)``; IPv6 literals keep their brackets.
 
     A port that is not a number in 0..65535 is not a port: the whole value is the host name
     (as Kong's ``split_host_port``), so it can only match a route host spelled the same way.
     """
+    cached = _SPLIT_CACHE.get(host)
+    if cached is not None:
+        return cached
+    result = _split_host_port(host)
+    if len(_SPLIT_CACHE) >= _SPLIT_CACHE_SIZE:
+        _SPLIT_CACHE.clear()
+    _SPLIT_CACHE[host] = result
+    return result
+
+
+def _split_host_port(host: str) -> tuple[str, int | None]:
     host = host.strip().lower()
     if host.startswith("["):
         end = host.find("]")

@@ -61,6 +61,8 @@ SMUGGLING = {
     "te_http10": b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "obs_fold": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
     "obs_fold_tab": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tc\r\n\r\n",
+    "rtsp_version": b"GET / RTSP/1.0\r\nHost: a\r\n\r\n",  # llhttp parses RTSP/ and ICE/
+    "ice_version": b"GET / ICE/1.0\r\nHost: a\r\n\r\n",
     "bare_lf_headers": b"GET / HTTP/1.1\nHost: a\n\n",
     "bare_lf_one_line": b"GET / HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n",
     "bare_cr": b"GET / HTTP/1.1\r\nHost: a\rX-A: b\r\n\r\n",
@@ -222,6 +224,15 @@ def test_response_framing(backend: str) -> None:
     assert [e.status for e in evs if isinstance(e, ResponseHead)] == [100, 204]
     evs = response_events(backend, "GET", b"HTTP/1.0 200 OK\r\n\r\nuntil close", eof=True)
     assert b"".join(e for e in evs if isinstance(e, bytes)) == b"until close"
+
+
+@pytest.mark.parametrize(
+    "status_line", [b"RTSP/1.0 200 OK", b"ICE/1.0 200 OK", b"HTTP/2.0 200 OK", b"HTTP/1.1 2000 OK"]
+)
+def test_response_with_a_foreign_status_line_is_502(backend: str, status_line: bytes) -> None:
+    with pytest.raises(HttpError) as info:
+        response_events(backend, "GET", status_line + b"\r\nContent-Length: 0\r\n\r\n")
+    assert info.value.status == 502
 
 
 def test_response_reusable_only_when_complete(backend: str) -> None:

@@ -25,7 +25,7 @@ def fake_stream() -> trio.abc.Stream:
 
 def test_pool_limits_with_a_fake_clock() -> None:
     async def main() -> None:
-        pool = ConnectionPool(size=2, max_requests=3, idle_timeout=10.0)
+        pool = ConnectionPool(size=2, max_requests=3, idle_timeout=10.0, clock=trio.current_time)
         conns = [pool.new(fake_stream(), "k") for _ in range(3)]
         for c in conns:
             pool.release(c, reusable=True)
