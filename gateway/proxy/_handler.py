@@ -227,6 +227,19 @@ class _LazyHeaders(Mapping[str, str]):
         return len(self._raw)
 
 
+def _with_connection_tokens(drop: frozenset[bytes], connection: bytes | None) -> frozenset[bytes]:
+    """``drop`` plus the header names a Connection header lists (RFC 9110 7.6.1). The
+    usual ``keep-alive`` / ``close`` are hop-by-hop already: no new set for them."""
+    if not connection:
+        return drop
+    extra: list[bytes] = []
+    for token in connection.split(b","):
+        name = token.strip().lower()
+        if name and name not in drop:
+            extra.append(name)
+    return drop.union(extra) if extra else drop
+
+
 def _header(raw: HeaderList, name: bytes) -> bytes | None:
     for k, v in raw:
         if k == name:
@@ -627,9 +640,7 @@ class ProxyHandler:
                 xff = v if xff is None else xff + b", " + v
             elif trusted and k in _FORWARDED:
                 given[k] = v
-        drop = _REQUEST_DROP
-        if connection:
-            drop = drop | {t.strip().lower() for t in connection.split(b",")}
+        drop = _with_connection_tokens(_REQUEST_DROP, connection)
         raw = _raw_headers(ctx.service_request.headers) if ctx is not None else head.headers
         out: HeaderList = [(b"host", host_header)]
         out += [kv for kv in raw if kv[0] not in drop]
@@ -923,10 +934,7 @@ class ProxyHandler:
         head = ex.head
         stream = upstream.stream
         sock = upstream.sock
-        drop = _RESPONSE_DROP
-        connection = _header(resp.headers, b"connection")
-        if connection:
-            drop = drop | {t.strip().lower() for t in connection.split(b",")}
+        drop = _with_connection_tokens(_RESPONSE_DROP, _header(resp.headers, b"connection"))
         headers = [kv for kv in resp.headers if kv[0] not in drop]
         opts = self.options
         if opts.via:
