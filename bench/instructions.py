@@ -40,11 +40,9 @@ sys.path.insert(0, str(BENCH))
 
 from proxy import API_KEY, NGINX_PROXY, NGINX_UPSTREAM, free_port, wait_port  # noqa: E402
 
-# the upstream of bench/proxy.py, keeping its client connections for good (the floor proxy
-# below does not reconnect)
-UPSTREAM = NGINX_UPSTREAM.replace(
-    "access_log off;", "access_log off;\n  keepalive_requests 1000000;"
-)
+# the upstream of bench/proxy.py (it keeps its client connections for good: the floor proxy
+# does not reconnect)
+UPSTREAM = NGINX_UPSTREAM
 
 # nginx as the reverse proxy of bench/proxy.py, in one process (valgrind follows no fork) and
 # keeping its client connection for good

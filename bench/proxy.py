@@ -4,6 +4,8 @@ Measures, in one run and on the same machine:
 
 * the nginx upstream directly (the ceiling);
 * nginx as a reverse proxy (1 worker, keep-alive upstream pool) -- the reference;
+* the least a Trio proxy can do (bench/trio_floor.py: no parsing, no routing), 1 process:
+  what Trio's scheduler and the socket calls cost, which no gateway on Trio goes below;
 * this gateway with 1 and N worker processes, for
   (a) one route and no plugins, and
   (b) 100 routes with key-auth and rate-limiting on the matched route;
@@ -25,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +45,8 @@ error_log {dir}/upstream-error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  # client connections are kept (the Trio floor below does not reconnect)
+  keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
     location / {{ return 200 "hello world\\n"; }}
@@ -319,6 +324,16 @@ class Gateway:
             self.proc.kill()
 
 
+REFERENCE = "nginx reverse proxy, 1 worker"
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each measure over the rounds (errors: their sum)."""
+    out = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
+    out["errors"] = sum(r["errors"] for r in runs)
+    return out
+
+
 def print_table(
     rows: list[tuple[str, dict[str, float]]],
     ref: dict[str, float],
@@ -359,6 +374,12 @@ def main() -> None:
         help="requests/second offered in the paced latency runs (0: skip them)",
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds over all setups; the tables show the median of each column",
+    )
     parser.add_argument("--backend", default="httptools", choices=("h11", "httptools", "fast"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -388,61 +409,87 @@ def main() -> None:
         subprocess.Popen([*PIN[role], "nginx", "-p", str(tmp), "-c", str(tmp / name)])
         for name, role in (("upstream.conf", "load"), ("proxy.conf", "proxy"))
     ]
-    results: list[tuple[str, dict[str, float]]] = []
-    paced: list[tuple[str, dict[str, float]]] = []
+    # every setup runs for the whole bench; each round measures all of them once, in turn,
+    # and the tables show the median of the rounds: one wrk run on a shared VM sometimes
+    # catches a hiccup (a p99 several times the usual), which a median of interleaved
+    # rounds does not report as the proxy's
+    setups: list[tuple[str, str, list[str]]] = []  # name, url, extra wrk headers
+    floor: subprocess.Popen[bytes] | None = None
+    gateways: list[Gateway] = []
+    rounds: dict[str, list[dict[str, float]]] = {}
+    paced_rounds: dict[str, list[dict[str, float]]] = {}
     try:
         wait_port(up_port)
         wait_port(px_port)
-        results.append(("nginx upstream (direct)", run_wrk(f"http://127.0.0.1:{up_port}/", args)))
-        reference = run_wrk(f"http://127.0.0.1:{px_port}/", args)
-        results.append(("nginx reverse proxy, 1 worker", reference))
-        if args.rate:
-            paced.append(
-                (
-                    "nginx reverse proxy, 1 worker",
-                    run_wrk(f"http://127.0.0.1:{px_port}/", args, paced=True),
-                )
-            )
+        setups.append(("nginx upstream (direct)", f"http://127.0.0.1:{up_port}/", []))
+        setups.append((REFERENCE, f"http://127.0.0.1:{px_port}/", []))
+        floor_port = free_port()
+        floor = subprocess.Popen(
+            [
+                *PIN["proxy"],
+                sys.executable,
+                str(Path(__file__).parent / "trio_floor.py"),
+                str(floor_port),
+                str(up_port),
+            ]
+        )
+        wait_port(floor_port)
+        setups.append(("Trio floor (no parsing), 1 process", f"http://127.0.0.1:{floor_port}/", []))
         for case, routes, label in (
             ("a", 1, "(a) 1 route, no plugins"),
             ("b", 100, "(b) 100 routes, key-auth + rate-limiting"),
         ):
             for workers in sorted({1, args.workers}):
                 gw = Gateway(args, up_port, case, workers, routes)
-                try:
-                    headers = [f"apikey: {API_KEY}"] if case == "b" else []
-                    check = subprocess.run(
-                        [
-                            "curl",
-                            "-s",
-                            "-o",
-                            "/dev/null",
-                            "-w",
-                            "%{http_code}",
-                            *(x for h in headers for x in ("-H", h)),
-                            f"http://127.0.0.1:{gw.port}/",
-                        ],
-                        capture_output=True,
-                        text=True,
-                    ).stdout
-                    assert check == "200", f"gateway answered {check}"
-                    name = f"gateway {label}, {workers} worker(s)"
-                    url = f"http://127.0.0.1:{gw.port}/"
-                    results.append((name, run_wrk(url, args, headers)))
-                    if args.rate:
-                        paced.append((name, run_wrk(url, args, headers, paced=True)))
-                finally:
-                    gw.stop()
+                gateways.append(gw)
+                headers = [f"apikey: {API_KEY}"] if case == "b" else []
+                check = subprocess.run(
+                    [
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        *(x for h in headers for x in ("-H", h)),
+                        f"http://127.0.0.1:{gw.port}/",
+                    ],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                assert check == "200", f"gateway answered {check}"
+                name = f"gateway {label}, {workers} worker(s)"
+                setups.append((name, f"http://127.0.0.1:{gw.port}/", headers))
+        for _ in range(args.repeat):
+            for name, url, headers in setups:
+                rounds.setdefault(name, []).append(run_wrk(url, args, headers))
+            if args.rate:
+                for name, url, headers in setups:
+                    if name.startswith(("gateway", REFERENCE)):
+                        paced_rounds.setdefault(name, []).append(
+                            run_wrk(url, args, headers, paced=True)
+                        )
+        for gw in gateways:
+            gw.stop()
+        gateways.clear()
         gw = Gateway(args, up_port, "a", 1, 10_000)
         try:
             rss_10k = rss_kib(gw.pids[0])
         finally:
             gw.stop()
     finally:
+        for gw in gateways:
+            gw.stop()
+        if floor is not None:
+            floor.send_signal(signal.SIGINT)
+            floor.wait(timeout=10)
         for proc in nginx:
             proc.send_signal(signal.SIGQUIT)
             proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
+    results = [(name, median_of(runs)) for name, runs in rounds.items()]
+    paced = [(name, median_of(runs)) for name, runs in paced_rounds.items()]
+    reference = dict(results)[REFERENCE]
 
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
@@ -450,7 +497,8 @@ def main() -> None:
     )
     pinning = "proxy on CPU 0, upstream + wrk on the others" if PIN["proxy"] else "none"
     print(
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of "
+        f"{args.repeat} interleaved round(s); "
         f"parser backend {args.backend}; pinning: {pinning}; load average before: "
         f"{load_before}\nproxy hot path: {hot_path}\n"
     )
@@ -460,7 +508,7 @@ def main() -> None:
             f"\nLatency at equal load: each of the {args.connections} connections paced so that "
             f"together they offer ~{args.rate} req/s (wrk delay() script)\n"
         )
-        print_table(paced, paced[0][1], ("p50", "p99"), digits=3)
+        print_table(paced, dict(paced)[REFERENCE], ("p50", "p99"), digits=3)
     print(f"\nRSS of one gateway worker with 10,000 routes loaded: {rss_10k / 1024:.1f} MiB")
     if args.json:
         print(json.dumps({"results": results, "paced": paced, "rss_10k_kib": rss_10k}, indent=1))
