@@ -30,34 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.proxy._router import DEFAULT_PORTS, Router
 from gateway.proxy._router_paths import normalize_path, split_host_port
+from gateway.schema.entities import ENTITIES
 
 Request = tuple[str, str, str, dict[str, str], str | None, str]
 
 
 def make_route(index: int, **fields: Any) -> dict[str, Any]:
-    route: dict[str, Any] = {
+    return {
+        **ENTITIES["routes"].defaults(),
         "id": f"00000000-0000-4000-8000-{index:012d}",
         "name": f"r{index}",
-        "protocols": ["http", "https"],
-        "methods": None,
-        "hosts": None,
-        "paths": None,
-        "headers": None,
-        "snis": None,
-        "sources": None,
-        "destinations": None,
-        "https_redirect_status_code": 426,
-        "regex_priority": 0,
-        "strip_path": True,
-        "path_handling": "v0",
-        "preserve_host": False,
-        "request_buffering": True,
-        "response_buffering": True,
         "service": {"id": f"s{index % 100}"},
         "created_at": 1_700_000_000 + index,
+        **fields,
     }
-    route.update(fields)
-    return route
 
 
 def build_config(count: int) -> tuple[dict[str, Any], list[Request]]:

@@ -71,6 +71,21 @@ class EntitySchema:
     def unique_fields(self) -> list[str]:
         return [n for n, f in self.fields.items() if f.unique and n != "id"]
 
+    def defaults(self) -> dict[str, Any]:
+        """Every field with its default (``None`` where there is none), as an entity stored
+        without those fields would have them: a base for tests and tools that build
+        entities by hand (ids and timestamps are ``None``, to be filled in). Nested records
+        come with their own defaults filled in, as validation fills them."""
+        out: dict[str, Any] = {}
+        for name, field in self.fields.items():
+            value = field.default_value()
+            if isinstance(field, Record) and isinstance(value, dict):
+                filled, errors = field.validate_record(value)
+                if errors is None:
+                    value = filled
+            out[name] = value
+        return out
+
     # -- validation -------------------------------------------------------------------------
     def _prepare(self, data: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(data, Mapping):

@@ -12,6 +12,7 @@ import trio
 
 from gateway.http import Limits
 from gateway.proxy import ProxyOptions, ProxyState, compile_config, serve_proxy
+from gateway.schema.entities import ENTITIES
 from gateway.settings import ListenAddress
 
 
@@ -20,50 +21,24 @@ def uid() -> str:
 
 
 def service(port: int, **fields: Any) -> dict[str, Any]:
-    base = {
+    return {
+        **ENTITIES["services"].defaults(),
         "id": uid(),
         "name": f"svc-{uid()[:8]}",
-        "protocol": "http",
         "host": "127.0.0.1",
         "port": port,
-        "path": None,
-        "retries": 5,
-        "connect_timeout": 60000,
-        "write_timeout": 60000,
-        "read_timeout": 60000,
-        "tls_verify": None,
-        "tls_verify_depth": None,
-        "ca_certificates": None,
-        "client_certificate": None,
-        "enabled": True,
+        **fields,
     }
-    base.update(fields)
-    return base
 
 
 def route(svc: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
+    return {
+        **ENTITIES["routes"].defaults(),
         "id": uid(),
-        "name": None,
-        "protocols": ["http", "https"],
-        "methods": None,
-        "hosts": None,
         "paths": ["/"],
-        "headers": None,
-        "snis": None,
-        "sources": None,
-        "destinations": None,
-        "https_redirect_status_code": 426,
-        "regex_priority": 0,
-        "strip_path": True,
-        "path_handling": "v0",
-        "preserve_host": False,
-        "request_buffering": True,
-        "response_buffering": True,
         "service": {"id": svc["id"]} if svc is not None else None,
+        **fields,
     }
-    base.update(fields)
-    return base
 
 
 def plugin(name: str, config: dict[str, Any] | None = None, **scope: Any) -> dict[str, Any]:

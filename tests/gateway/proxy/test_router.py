@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.proxy._router import HeaderValues, RouteMatch, Router
 from gateway.proxy._router_paths import normalize_path
+from gateway.schema.entities import ENTITIES
 
 _ids = itertools.count(1)
 
@@ -20,29 +21,14 @@ def route(**fields: Any) -> dict[str, Any]:
     """A route as the config dict carries it: every Kong default filled in."""
     number = next(_ids)
     entity: dict[str, Any] = {
+        **ENTITIES["routes"].defaults(),
         "id": f"00000000-0000-4000-8000-{number:012d}",
         "name": f"r{number}",
-        "protocols": ["http", "https"],
-        "methods": None,
-        "hosts": None,
-        "paths": None,
-        "headers": None,
-        "snis": None,
-        "sources": None,
-        "destinations": None,
-        "https_redirect_status_code": 426,
-        "regex_priority": 0,
-        "strip_path": True,
-        "path_handling": "v0",
-        "preserve_host": False,
-        "request_buffering": True,
-        "response_buffering": True,
         "service": {"id": "svc"},
-        "tags": None,
         "created_at": 1_700_000_000,
         "updated_at": 1_700_000_000,
+        **fields,
     }
-    entity.update(fields)
     return entity
 
 

@@ -51,6 +51,26 @@ def test_service_defaults() -> None:
     assert {k: svc[k] for k in expected} == expected
 
 
+@pytest.mark.parametrize("entity", ["services", "routes", "consumers", "upstreams"])
+def test_defaults_are_what_an_insert_fills_in(entity: str) -> None:
+    schema = ENTITIES[entity]
+    defaults = schema.defaults()
+    assert set(defaults) == set(schema.fields)
+    assert defaults["id"] is None
+    # every default is the value an insert gives a field it was not sent
+    required = {"services": {"host": "example.com"}, "routes": {"paths": ["/"]}}
+    required |= {"consumers": {"username": "u"}, "upstreams": {"name": "up"}}
+    stored = insert(entity, required[entity])
+    for name, value in defaults.items():
+        if name not in required[entity] and name not in ("id", "created_at", "updated_at"):
+            assert stored[name] == value, name
+    # the mutable defaults are fresh copies: changing one changes no later entity
+    for value in schema.defaults().values():
+        if isinstance(value, list | dict):
+            value.clear()
+    assert schema.defaults() == defaults
+
+
 @pytest.mark.parametrize(
     ("url", "protocol", "host", "port", "path"),
     [
