@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography import x509
+from openssl_pki import CA_EXT, issue, leaf_ext, make_root, openssl
 
 import certs
 from gateway.cluster import (
@@ -30,59 +31,18 @@ from gateway.cluster import (
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
-ROOT_CNF = """\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = Interop Root CA
-[v3_root]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-"""
-CA_EXT = """\
-basicConstraints = critical,CA:TRUE,pathlen:0
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-"""
-LEAF_EXT = """\
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-"""
-
-
-def _openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _issue(cwd: Path, name: str, subject: str, issuer: str, ext: str) -> None:
-    (cwd / f"{name}.ext").write_text(ext)
-    _openssl(cwd, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject)  # fmt: skip
-    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.crt",
-             "-CAkey", f"{issuer}.key", "-CAcreateserial", "-days", "30",
-             "-out", f"{name}.crt", "-extfile", f"{name}.ext")  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def openssl_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("openssl-pki")
-    (d / "root.cnf").write_text(ROOT_CNF)
-    _openssl(d, "req", "-x509", "-config", "root.cnf", "-extensions", "v3_root",
-             "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "root.key", "-out", "root.crt", "-days", "30")  # fmt: skip
-    _issue(d, "int", "/CN=Interop Intermediate", "root", CA_EXT)
-    _issue(d, "cp", "/CN=cp.interop", "int",
-           LEAF_EXT + "extendedKeyUsage = serverAuth\n"
-           "subjectAltName = DNS:cp.interop,IP:127.0.0.1\n")  # fmt: skip
-    _issue(d, "dp", "/CN=any-dp-name", "int", LEAF_EXT + "extendedKeyUsage = clientAuth\n")
-    _issue(d, "dpwrong", "/CN=dp-wrong", "int", LEAF_EXT + "extendedKeyUsage = serverAuth\n")
-    _issue(d, "dpnoeku", "/CN=dp-no-eku", "int", LEAF_EXT)
+    make_root(d, "CN = Interop Root CA")
+    issue(d, "int", "/CN=Interop Intermediate", "root", CA_EXT)
+    issue(d, "cp", "/CN=cp.interop", "int",
+          leaf_ext(extra="extendedKeyUsage = serverAuth\n"
+                   "subjectAltName = DNS:cp.interop,IP:127.0.0.1\n"))  # fmt: skip
+    issue(d, "dp", "/CN=any-dp-name", "int", leaf_ext(extra="extendedKeyUsage = clientAuth\n"))
+    issue(d, "dpwrong", "/CN=dp-wrong", "int", leaf_ext(extra="extendedKeyUsage = serverAuth\n"))
+    issue(d, "dpnoeku", "/CN=dp-no-eku", "int", leaf_ext())
     intermediate = (d / "int.crt").read_text()
     for leaf in ("cp", "dp", "dpwrong", "dpnoeku"):  # cluster_cert = leaf + intermediates
         (d / f"{leaf}-chain.crt").write_text((d / f"{leaf}.crt").read_text() + intermediate)
@@ -190,8 +150,8 @@ def test_openssl_verify_accepts_our_dev_pki(tmp_path: Path) -> None:
     (tmp_path / "dp.pem").write_bytes(certs.cert_pem(pki.data_planes[0].certificate))
     (tmp_path / "cp.pem").write_bytes(certs.cert_pem(pki.control_plane.certificate))
     for leaf, purpose in (("dp.pem", "sslclient"), ("cp.pem", "sslserver")):
-        _openssl(tmp_path, "verify", "-CAfile", "root.pem", "-untrusted", "chain.pem",
+        openssl(tmp_path, "verify", "-CAfile", "root.pem", "-untrusted", "chain.pem",
                  "-purpose", purpose, leaf)  # fmt: skip
     with pytest.raises(subprocess.CalledProcessError):
-        _openssl(tmp_path, "verify", "-CAfile", "root.pem", "-untrusted", "chain.pem",
+        openssl(tmp_path, "verify", "-CAfile", "root.pem", "-untrusted", "chain.pem",
                  "-purpose", "sslserver", "dp.pem")  # fmt: skip

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from openssl_pki import CA_EXT, issue, leaf_ext, make_root
+
 T = TypeVar("T")
 
 __all__ = [
@@ -290,46 +292,6 @@ def gen_shared_cert(directory: Path) -> tuple[Path, Path]:
     return directory / "cluster.crt", directory / "cluster.key"
 
 
-_ROOT_CNF = """\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-O = Gateway Tests
-CN = Hybrid Root CA
-[v3_root]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-"""
-_CA_EXT = """\
-basicConstraints = critical,CA:TRUE,pathlen:0
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-"""
-_LEAF_EXT = """\
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment,keyAgreement
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-"""
-
-
-def _openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _issue(cwd: Path, name: str, subject: str, issuer: str, ext: str) -> None:
-    (cwd / f"{name}.ext").write_text(ext)
-    _openssl(cwd, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject)  # fmt: skip
-    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.crt",
-             "-CAkey", f"{issuer}.key", "-CAcreateserial", "-days", "30",
-             "-out", f"{name}.crt", "-extfile", f"{name}.ext")  # fmt: skip
-
-
 def make_openssl_pki(directory: Path, server_name: str = "control-plane.gateway.test") -> Path:
     """Root CA -> intermediate -> CP (serverAuth) and DP (clientAuth) leaves, with openssl.
 
@@ -337,16 +299,14 @@ def make_openssl_pki(directory: Path, server_name: str = "control-plane.gateway.
     (leaf files carry the intermediate, as the seed's PKI mode expects).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "root.cnf").write_text(_ROOT_CNF)
-    _openssl(directory, "req", "-x509", "-config", "root.cnf", "-extensions", "v3_root",
-             "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "root.key", "-out", "root.crt", "-days", "30")  # fmt: skip
-    _issue(directory, "int", "/CN=Hybrid Intermediate CA", "root", _CA_EXT)
-    _issue(directory, "cp", f"/CN={server_name}", "int",
-           _LEAF_EXT + "extendedKeyUsage = serverAuth\n"
-           f"subjectAltName = DNS:{server_name},IP:127.0.0.1\n")  # fmt: skip
-    _issue(directory, "dp", "/CN=gateway-dp-any-name", "int",
-           _LEAF_EXT + "extendedKeyUsage = clientAuth\n")  # fmt: skip
+    make_root(directory, "O = Gateway Tests\nCN = Hybrid Root CA")
+    issue(directory, "int", "/CN=Hybrid Intermediate CA", "root", CA_EXT)
+    usage = "digitalSignature,keyEncipherment,keyAgreement"
+    issue(directory, "cp", f"/CN={server_name}", "int",
+          leaf_ext(usage, "extendedKeyUsage = serverAuth\n"
+                   f"subjectAltName = DNS:{server_name},IP:127.0.0.1\n"))  # fmt: skip
+    issue(directory, "dp", "/CN=gateway-dp-any-name", "int",
+          leaf_ext(usage, "extendedKeyUsage = clientAuth\n"))  # fmt: skip
     intermediate = (directory / "int.crt").read_text()
     for leaf in ("cp", "dp"):
         (directory / f"{leaf}-chain.crt").write_text(
