@@ -27,69 +27,105 @@ the compiled hot path (``gateway._build``). The ``Plugin`` base class lives in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn, Protocol
+
+# RFC 9110 field names (tokens) and what a field value must not hold to keep the framing
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+def _field(name: str, value: str) -> tuple[bytes, bytes]:
+    """One header as it goes on the wire (name lower-cased); ``ValueError`` for a name that
+    is not a token or a value that would break the message framing (CR, LF, NUL) or is not
+    Latin-1."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if _BAD_VALUE.search(value):
+        raise ValueError(f"invalid value for header {name!r}: CR, LF or NUL")
+    try:
+        return name.lower().encode("ascii"), value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid value for header {name!r}: not Latin-1") from None
 
 
 class Headers:
     """A case-insensitive multi-map of HTTP headers that keeps insertion order.
 
-    Names are stored lower-case (as h11 gives them); values are ``str``.
+    Names are lower-case; values are ``str``. Every header a plugin adds is checked when it
+    is added (``ValueError`` for a name that is not a token, or a value with CR, LF or NUL,
+    or outside Latin-1: what could smuggle a header or a message), so a plugin's mistake
+    surfaces at its own line. Headers are kept as the bytes they go out as: the proxy
+    forwards the ones no plugin touched without encoding or checking them again.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_raw",)
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items: list[tuple[str, str]] = items if items is not None else []
+        self._raw: list[tuple[bytes, bytes]] = (
+            [_field(k, v) for k, v in items] if items is not None else []
+        )
 
     @classmethod
     def from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
-        return cls([(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw])
+        """Headers as a parser gave them (names lower-case, values already checked)."""
+        headers = cls()
+        headers._raw = list(raw)
+        return headers
+
+    def copy(self) -> Headers:
+        return Headers.from_raw(self._raw)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for k, v in self._items:
-            if k == name:
-                return v
+        key = name.lower().encode("latin-1", "replace")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
         return default
 
     def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self._items if k == name]
+        key = name.lower().encode("latin-1", "replace")
+        return [v.decode("latin-1") for k, v in self._raw if k == key]
 
     def set(self, name: str, value: str) -> None:
-        name = name.lower()
-        items = self._items
-        for k, _ in items:
-            if k == name:  # replace: rebuild only when the name is there
-                items = self._items = [kv for kv in items if kv[0] != name]
+        field = _field(name, value)
+        key = field[0]
+        raw = self._raw
+        for k, _ in raw:
+            if k == key:  # replace: rebuild only when the name is there
+                raw = self._raw = [kv for kv in raw if kv[0] != key]
                 break
-        items.append((name, value))
+        raw.append(field)
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((name.lower(), value))
+        self._raw.append(_field(name, value))
 
     def remove(self, name: str) -> None:
-        name = name.lower()
-        for k, _ in self._items:
-            if k == name:
-                self._items = [kv for kv in self._items if kv[0] != name]
+        key = name.lower().encode("latin-1", "replace")
+        for k, _ in self._raw:
+            if k == key:
+                self._raw = [kv for kv in self._raw if kv[0] != key]
                 return
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(k == name.lower() for k, _ in self._items)
+        if not isinstance(name, str):
+            return False
+        key = name.lower().encode("latin-1", "replace")
+        return any(k == key for k, _ in self._raw)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(list(self._items))
+        return iter(self.items())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._raw)
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw]
 
     def raw(self) -> list[tuple[bytes, bytes]]:
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._items]
+        """The headers as they go on the wire (a new list)."""
+        return list(self._raw)
 
 
 class EntityIndex(Protocol):

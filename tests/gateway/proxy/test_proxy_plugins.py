@@ -111,8 +111,28 @@ class ReadsBody(Plugin):
         ctx.service_request.body = body[::-1]
 
 
+class Inject(Plugin):
+    """Tries to smuggle a header (CRLF in a value) into each message a plugin can change."""
+
+    name = "test-inject"
+    version = "1.0.0"
+    priority = 50
+    config_schema: ClassVar[Record] = Record([])
+
+    async def access(self, ctx: Context) -> None:
+        if ctx.request.path == "/request":
+            ctx.service_request.headers.set("x-a", "1\r\nx-injected: yes")
+        elif ctx.request.path == "/exit":
+            ctx.exit(200, "hi", {"x-a": "1\r\nx-injected: yes"})
+
+    def header_filter(self, ctx: Context) -> None:
+        assert ctx.response is not None
+        if ctx.request.path == "/response":
+            ctx.response.headers.set("x-a", "1\r\nx-injected: yes")
+
+
 TEST_PLUGINS: dict[str, type[Plugin]] = {
-    cls.name: cls for cls in (Recorder, Tag, Auth, Boom, ReadsBody)
+    cls.name: cls for cls in (Recorder, Tag, Auth, Boom, ReadsBody, Inject)
 }
 
 
@@ -185,6 +205,23 @@ async def test_plugin_exception_is_500_and_the_worker_survives(nursery: trio.Nur
     reply = await request(port, target="/boom-late")
     assert reply.status == 500
     assert (await request(port, target="/fine")).status == 200
+
+
+async def test_a_plugin_cannot_inject_a_header(nursery: trio.Nursery) -> None:
+    up = await start_echo(nursery)
+    svc = service(up.port)
+    cfg = config(services=[svc], routes=[route(svc)], plugins=[plugin("test-inject")])
+    port, _ = await start_proxy(nursery, cfg)
+    for target in ("/request", "/exit", "/response"):
+        reply = await request(port, target=target)
+        assert reply.status == 500, target
+        assert reply.header("x-injected") is None
+        assert reply.json() == {"message": "An unexpected error occurred"}
+    # only /response reached the upstream, without anything injected
+    assert up.requests == 1
+    reply = await request(port, target="/fine")
+    assert reply.status == 200
+    assert "x-injected" not in reply.json()["headers"]
 
 
 async def test_plugin_reads_and_replaces_body_with_413_limit(nursery: trio.Nursery) -> None:
