@@ -31,21 +31,35 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn, Protocol
 
-# RFC 9110 field names (tokens) and what a field value must not hold to keep the framing
+# RFC 9110 field names (tokens)
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+# names checked already, as they go on the wire (plugins set the same few names over and
+# over: a dict lookup instead of a regular expression); bounded, emptied when full
+_NAMES: dict[str, bytes] = {}
+_NAMES_SIZE = 1024
+
+
+def _wire_name(name: str) -> bytes:
+    key = _NAMES.get(name)
+    if key is None:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+        key = name.lower().encode("ascii")
+        if len(_NAMES) >= _NAMES_SIZE:
+            _NAMES.clear()
+        _NAMES[name] = key
+    return key
 
 
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
     """One header as it goes on the wire (name lower-cased); ``ValueError`` for a name that
     is not a token or a value that would break the message framing (CR, LF, NUL) or is not
     Latin-1."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"invalid header name {name!r}")
-    if _BAD_VALUE.search(value):
+    key = _wire_name(name)
+    if "\r" in value or "\n" in value or "\0" in value:
         raise ValueError(f"invalid value for header {name!r}: CR, LF or NUL")
     try:
-        return name.lower().encode("ascii"), value.encode("latin-1")
+        return key, value.encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError(f"invalid value for header {name!r}: not Latin-1") from None
 
