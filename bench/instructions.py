@@ -14,7 +14,13 @@ Counts are user-space only (the kernel's TCP work, the same for every proxy, is 
 them) and a single connection has no concurrency, so this is a cost model, not a
 throughput. Use it to compare two versions of the code; use bench/proxy.py for throughput.
 
-    python bench/instructions.py [--requests 2000] [--warmup 200]
+    python bench/instructions.py [--requests 2000] [--warmup 200] [--keep DIR]
+
+``--keep DIR`` keeps the counts of each setup (``DIR/<setup>.callgrind``):
+``callgrind_annotate --inclusive=yes DIR/gateway-a-1-route-no-plugins.callgrind`` then lists
+the functions by the instructions spent in them and below (compiled functions appear by
+their C names, ``CPyDef_gateway___proxy____handler...``; interpreted code, which is mostly
+Trio, as ``_PyEval_EvalFrameDefault``).
 
 Needs the Debian packages ``valgrind`` and ``nginx`` (callgrind_control comes with
 valgrind).
@@ -112,8 +118,13 @@ def measure(name: str, cmd: list[str], port: int, args: argparse.Namespace, extr
     match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
     if match is None:
         raise SystemExit(f"{name}: no totals in {dumps[0]}")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        shutil.copy(dumps[0], args.keep / f"{slug}.callgrind")
     shutil.rmtree(out.parent, ignore_errors=True)
-    return int(match.group(1)) / args.requests
+    requests: int = args.requests
+    return int(match.group(1)) / requests
 
 
 def main() -> None:
@@ -123,6 +134,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--backend", default="httptools", choices=("h11", "httptools", "fast"))
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep each setup's callgrind file there (for callgrind_annotate --inclusive=yes)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if shutil.which(tool) is None:
