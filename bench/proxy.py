@@ -481,7 +481,7 @@ def main() -> None:
         for gw in gateways:
             gw.stop()
         if floor is not None:
-            floor.send_signal(signal.SIGINT)
+            floor.terminate()
             floor.wait(timeout=10)
         for proc in nginx:
             proc.send_signal(signal.SIGQUIT)
