@@ -308,41 +308,53 @@ class FastRequestParser(_MessageReader):
                     raise HttpError(400, "connection closed inside a request head")
                 return CLOSED
             return NEED_DATA
-        if self._regex:
-            m = _REQUEST_HEAD.fullmatch(block)
-            if m is None:
-                raise HttpError(400, "malformed request head")
-            method, target, version, section = m.groups()
-            head = build_request_head(
-                method.decode("ascii"),
-                target.decode("ascii"),
-                version.decode("ascii"),
-                _fields(section),
-                self._limits,
-            )
-        else:
-            head = self._httptools_head(block)
+        head = self._regex_head(block) if self._regex else self._httptools_head(block)
         self._start_body(head.content_length, head.chunked, until_eof=False)
         return head
 
+    def _regex_head(self, block: bytes) -> RequestHead:
+        m = _REQUEST_HEAD.fullmatch(block)
+        if m is None:
+            raise HttpError(400, "malformed request head")
+        method, target, version, section = m.groups()
+        return build_request_head(
+            method.decode("ascii"),
+            target.decode("ascii"),
+            version.decode("ascii"),
+            _fields(section),
+            self._limits,
+        )
+
     def _httptools_head(self, block: bytes) -> RequestHead:
         collector = _HeadCollector()
-        parser: Any = _feed_head(httptools.HttpRequestParser(collector), collector, block, 400)
-        # llhttp accepted the request line, so it ends with "HTTP/d.d" (cheaper to slice than
-        # get_http_version, which formats a string)
+        try:
+            parser: Any = _feed_head(httptools.HttpRequestParser(collector), collector, block, 400)
+        except _UnknownMethod:
+            # llhttp knows a fixed list of methods; RFC 9110 (and h11, and nginx) take any
+            # token, which Kong then routes: such heads go to the strict regex grammar
+            return self._regex_head(block)
+        # llhttp is more lenient than RFC 9112 on the request line: it takes RTSP/ and ICE/
+        # versions and several spaces between the parts. One SP each, as h11 (the reference)
+        # and the regex grammar require: a proxy must not read a line otherwise than the
+        # server behind it might.
         line_end = block.find(b"\r\n")
-        if block[line_end - 8 : line_end - 3] != b"HTTP/":
-            raise HttpError(400, "malformed request line")  # llhttp also takes RTSP/ and ICE/
+        line = block[:line_end]
+        if line.count(b" ") != 2 or b"\t" in line or line[-8:-3] != b"HTTP/":
+            raise HttpError(400, "malformed request line")
         return build_request_head(
             parser.get_method().decode("latin-1"),
             collector.url.decode("latin-1"),
-            block[line_end - 3 : line_end].decode("latin-1"),
+            line[-3:].decode("latin-1"),  # "d.d": cheaper than get_http_version
             collector.headers,
         )
 
     def start_next_cycle(self) -> None:
         self._state = 0
         self._chunked = None
+
+
+class _UnknownMethod(Exception):
+    """llhttp refused the request's method (it knows a fixed list of them)."""
 
 
 def _feed_head(parser: Any, collector: _HeadCollector, block: bytes, status: int) -> Any:
@@ -354,7 +366,12 @@ def _feed_head(parser: Any, collector: _HeadCollector, block: bytes, status: int
     except httptools.HttpParserUpgrade:
         pass
     except httptools.HttpParserError as exc:
-        if status == 400 and "version" in str(exc).lower():
+        if status == 400 and "method" in str(exc).lower():
+            # "Invalid method encountered", "Invalid method for HTTP/x.x request"
+            raise _UnknownMethod from None
+        # a well-formed version llhttp does not support (HTTP/1.2, HTTP/3.0) is a 505, as with
+        # h11; a malformed one ("Expected CRLF after version": HTTP/1.10) a 400
+        if status == 400 and "invalid http version" in str(exc).lower():
             status = 505
         raise HttpError(status, f"malformed {kind} head: {exc}") from None
     if not collector.complete:

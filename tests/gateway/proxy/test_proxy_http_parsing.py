@@ -245,3 +245,49 @@ def test_response_reusable_only_when_complete(backend: str) -> None:
     while parser.next_event() not in (NEED_DATA, PAUSED):
         pass
     assert parser.reusable
+
+
+def _outcome(backend: str, data: bytes) -> tuple[object, ...]:
+    try:
+        events = parse_all(backend, data)
+    except HttpError as exc:
+        return ("refused", exc.status)
+    head = events[0]
+    assert isinstance(head, RequestHead)
+    return ("ok", head.method, head.target, head.version, head.headers)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    method=st.sampled_from(
+        ["GET", "POST", "OPTIONS", "PURGE", "M-SEARCH", "SOURCE", "DESCRIBE", "FOO", "get"]
+    ),
+    target=st.sampled_from(["/", "/a?b=c", "/%20x", "*", "http://x/", "/a b"]),
+    version=st.sampled_from(
+        [
+            "HTTP/1.1",
+            "HTTP/1.0",
+            "HTTP/2.0",
+            "HTTP/0.9",
+            "HTTP/1.10",
+            "HTTP/11",
+            "HTTP/1",
+            "http/1.1",
+            "RTSP/1.0",
+            "ICE/1.0",
+            "HTTP/1.1 ",
+            " HTTP/1.1",
+            "HTTP/ 1.1",
+        ]
+    ),
+    sep=st.sampled_from([" ", "  ", "\t"]),
+)
+def test_request_lines_are_judged_as_the_reference_parser_does(
+    backend: str, method: str, target: str, version: str, sep: str
+) -> None:
+    """Every backend accepts exactly the request lines h11 accepts, with the same method,
+    target and version, and refuses the others with the same status (llhttp also parses
+    RTSP/ICE versions and some lenient spacing: those must not slip through)."""
+    line = f"{method}{sep}{target}{sep}{version}".encode()
+    data = line + b"\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+    assert _outcome(backend, data) == _outcome("h11", data), data
