@@ -1,8 +1,9 @@
 """CPU instructions per proxied request, counted by valgrind (callgrind): nginx vs the gateway.
 
 The wrk figures of bench/proxy.py move by 10-20 % from run to run on a shared VM, which
-hides the effect of most single changes. Instruction counts do not move: the same binary,
-inputs and environment give the same count, whatever else the machine does. This bench
+hides the effect of most single changes. Instruction counts hardly move: the same binary,
+inputs and environment give the same count, whatever else the machine does, once the
+process's timers are taken off (``measure``). This bench
 runs nginx as a reverse proxy (1 worker), the least a Trio proxy can do
 (bench/trio_floor.py: two socket waits per request, no parsing) and the gateway (1 worker,
 cases (a) and (b) of bench/proxy.py) under callgrind, sends ``--warmup`` requests on one
