@@ -37,6 +37,7 @@ __all__ = [
     "check_head_block",
     "check_header_count",
     "find_head_end",
+    "header_tokens",
 ]
 
 HeaderList = list[tuple[bytes, bytes]]
@@ -255,7 +256,8 @@ def check_head_block(block: bytes, limits: Limits, *, request: bool) -> None:
 _VERSIONS = ("1.1", "1.0")
 
 
-def _tokens(value: bytes) -> list[bytes]:
+def header_tokens(value: bytes) -> list[bytes]:
+    """The comma-separated tokens of a header value, stripped and lower-cased."""
     return [t.strip().lower() for t in value.split(b",")]
 
 
@@ -298,7 +300,7 @@ def build_request_head(
                 raise HttpError(400, "unsupported Transfer-Encoding")
             chunked = True
         elif k == b"connection":
-            connection = (connection or []) + _tokens(v)
+            connection = (connection or []) + header_tokens(v)
         elif k == b"expect":
             expect = v.strip().lower() == b"100-continue"
         elif k == b"upgrade":
@@ -357,11 +359,11 @@ def build_response_head(
             content_length = int(v)
         elif k == b"transfer-encoding":
             tes += 1
-            if _tokens(v)[-1] != b"chunked":
+            if header_tokens(v)[-1] != b"chunked":
                 raise HttpError(502, "unsupported Transfer-Encoding from upstream")
             chunked = True
         elif k == b"connection":
-            connection = (connection or []) + _tokens(v)
+            connection = (connection or []) + header_tokens(v)
     if cls > 1 or tes > 1:
         raise HttpError(502, "duplicate framing headers from upstream")
     if version == "1.1":

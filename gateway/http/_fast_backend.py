@@ -366,12 +366,13 @@ def _feed_head(parser: Any, collector: _HeadCollector, block: bytes, status: int
     except httptools.HttpParserUpgrade:
         pass
     except httptools.HttpParserError as exc:
-        if status == 400 and "method" in str(exc).lower():
+        message = str(exc).lower()
+        if status == 400 and "method" in message:
             # "Invalid method encountered", "Invalid method for HTTP/x.x request"
             raise _UnknownMethod from None
         # a well-formed version llhttp does not support (HTTP/1.2, HTTP/3.0) is a 505, as with
         # h11; a malformed one ("Expected CRLF after version": HTTP/1.10) a 400
-        if status == 400 and "invalid http version" in str(exc).lower():
+        if status == 400 and "invalid http version" in message:
             status = 505
         raise HttpError(status, f"malformed {kind} head: {exc}") from None
     if not collector.complete:

@@ -51,6 +51,11 @@ def _wire_name(name: str) -> bytes:
     return key
 
 
+def _lookup_key(name: str) -> bytes:
+    """A name to look up, as stored (a name that is not Latin-1 matches nothing)."""
+    return name.lower().encode("latin-1", "replace")
+
+
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
     """One header as it goes on the wire (name lower-cased); ``ValueError`` for a name that
     is not a token or a value that would break the message framing (CR, LF, NUL) or is not
@@ -92,14 +97,14 @@ class Headers:
         return Headers.from_raw(self._raw)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = name.lower().encode("latin-1", "replace")
+        key = _lookup_key(name)
         for k, v in self._raw:
             if k == key:
                 return v.decode("latin-1")
         return default
 
     def get_all(self, name: str) -> list[str]:
-        key = name.lower().encode("latin-1", "replace")
+        key = _lookup_key(name)
         return [v.decode("latin-1") for k, v in self._raw if k == key]
 
     def set(self, name: str, value: str) -> None:
@@ -116,7 +121,7 @@ class Headers:
         self._raw.append(_field(name, value))
 
     def remove(self, name: str) -> None:
-        key = name.lower().encode("latin-1", "replace")
+        key = _lookup_key(name)
         for k, _ in self._raw:
             if k == key:
                 self._raw = [kv for kv in self._raw if kv[0] != key]
@@ -125,7 +130,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = name.lower().encode("latin-1", "replace")
+        key = _lookup_key(name)
         return any(k == key for k, _ in self._raw)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:

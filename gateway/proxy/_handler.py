@@ -47,6 +47,7 @@ from gateway.http import (
     encode_response_head,
     make_response_parser,
 )
+from gateway.http._events import header_tokens
 from gateway.http._io import receive, send_all
 from gateway.plugins import (
     ClientRequest,
@@ -231,11 +232,7 @@ def _with_connection_tokens(drop: frozenset[bytes], connection: bytes | None) ->
     usual ``keep-alive`` / ``close`` are hop-by-hop already: no new set for them."""
     if not connection:
         return drop
-    extra: list[bytes] = []
-    for token in connection.split(b","):
-        name = token.strip().lower()
-        if name and name not in drop:
-            extra.append(name)
+    extra = [name for name in header_tokens(connection) if name and name not in drop]
     return drop.union(extra) if extra else drop
 
 

@@ -44,14 +44,11 @@ class UpstreamConnection:
         self.reused = False
 
     def _socket(self) -> socket.socket | None:
-        stream: object = self.stream
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-        if isinstance(stream, trio.SocketStream):
-            # the stdlib socket under trio's wrapper: a synchronous, non-blocking peek
-            raw = getattr(stream.socket, "_sock", None)
-            return raw if isinstance(raw, socket.socket) else None
-        return None
+        # the stdlib socket under trio's wrapper (under TLS too): a synchronous peek
+        if self.sock is not None:
+            return self.sock
+        stream = self.stream
+        return raw_socket(stream.transport_stream) if isinstance(stream, trio.SSLStream) else None
 
     def peer_closed(self) -> bool:
         """True when the upstream closed (or sent unexpected bytes on) an idle connection."""
