@@ -77,6 +77,7 @@ async def start_proxy(
     mailbox = _Latest()
     applier.subscribe(mailbox.put, settle=pool.wait_applied)
     applier.node.upstream_health = pool.upstream_health
+    applier.node.proxy_stats = pool.server_stats
 
     async def publisher() -> None:
         while True:

@@ -42,7 +42,7 @@ class NodeState:
     cluster_cert_expiring_soon: bool = False
     control_plane: ControlPlaneLink = attrs.field(factory=ControlPlaneLink)
     #: where the proxy's counters come from (None: this node does not proxy in-process)
-    proxy_stats: Callable[[], dict[str, int]] | None = None
+    proxy_stats: Callable[[], dict[str, Any]] | None = None
     #: per-worker upstream health (set by the proxy runner; None: this node does not proxy)
     upstream_health: Callable[[], list[dict[str, Any]]] | None = None
     #: a data plane's telemetry link (``TelemetryLink``, an attrs class), when it has one

@@ -4,6 +4,7 @@ Task tree (all inside the caller's nursery, which ``serve_proxy`` borrows by run
 
     serve_proxy
     ├── accept loop per proxy_listen address    (cancelled first on shutdown)
+    ├── request counter publisher               (worker processes: to the load board)
     ├── pool sweeper                            (closes idle upstream connections)
     ├── active health checks of the balancers   (reads state.current each round)
     └── connections nursery (shielded)          (one task per client connection)
@@ -16,6 +17,7 @@ cancellation to its caller.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -27,6 +29,7 @@ from typing import Any
 import trio
 
 from gateway.http import ConnectionInfo, ConnectionTracker, Watchdog, serve_connection
+from gateway.proxy._balance import ACCEPT_DEFER, REQUESTS_PUBLISH_INTERVAL, LoadBoard
 from gateway.proxy._errors import error_body
 from gateway.proxy._handler import ProxyHandler, ProxyOptions
 from gateway.proxy._health import run_health_checks
@@ -39,6 +42,23 @@ __all__ = ["ListenSocket", "bind_listen_sockets", "serve_proxy"]
 log = logging.getLogger("gateway.proxy")
 
 SWEEP_INTERVAL = 5.0
+# accept() failures that concern one connection only (trio.SocketListener skips the same)
+_SKIP_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
 
 
 class ListenSocket:
@@ -82,13 +102,16 @@ async def serve_proxy(
     sockets: Sequence[ListenSocket] | None = None,
     options: ProxyOptions | None = None,
     drain_timeout: float = 10.0,
+    board: LoadBoard | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve every ``proxy_listen`` address until cancelled (then drain and return).
 
     ``task_status.started`` receives the bound ``(host, port)`` of each listener (useful
     with port 0). ``sockets`` replaces binding (worker processes get inherited ones);
-    ``options`` replaces ``ProxyOptions.from_settings(settings)``.
+    ``options`` replaces ``ProxyOptions.from_settings(settings)``. ``board``: the shared
+    ``LoadBoard`` of a worker process (connections are then spread evenly over the workers,
+    and the request count is published for the status API).
     """
     opts = options if options is not None else ProxyOptions.from_settings(settings)
     listen = list(sockets) if sockets is not None else bind_listen_sockets(settings)
@@ -110,11 +133,18 @@ async def serve_proxy(
     # collector's generations (shorter pauses with large configs)
     gc.freeze()
     listeners = [
-        (trio.SocketListener(trio.socket.from_stdlib_socket(ls.sock)), ls.ssl) for ls in listen
+        (trio.SocketListener(trio.socket.from_stdlib_socket(ls.sock)), ls) for ls in listen
     ]
     bound = [ls.sock.getsockname()[:2] for ls in listen]
 
     async def connection(stream: trio.SocketStream, secure: bool) -> None:
+        try:
+            await serve_client(stream, secure)
+        finally:
+            if board is not None:
+                board.connection_closed()
+
+    async def serve_client(stream: trio.SocketStream, secure: bool) -> None:
         peer = stream.socket.getpeername()
         local = stream.socket.getsockname()
         sni: str | None = None
@@ -151,20 +181,34 @@ async def serve_proxy(
             watchdog=watchdog,
         )
 
-    async def accept_loop(listener: trio.SocketListener, secure: bool, conns: trio.Nursery) -> None:
+    async def accept_loop(
+        listener: trio.SocketListener, ls: ListenSocket, conns: trio.Nursery
+    ) -> None:
         async with listener:
             while True:
                 try:
-                    stream = await listener.accept()
+                    if board is None:
+                        stream: trio.SocketStream | None = await listener.accept()
+                    else:
+                        stream = await _accept_balanced(ls.sock, board)
                 except OSError as exc:  # EMFILE and friends: back off, don't die
                     log.warning("accept failed: %r", exc)
                     await trio.sleep(0.05)
+                    continue
+                if stream is None:
                     continue
                 try:
                     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-                conns.start_soon(connection, stream, secure)
+                if board is not None:
+                    board.connection_opened()
+                conns.start_soon(connection, stream, ls.ssl)
+
+    async def publish_requests(board: LoadBoard) -> None:
+        while True:
+            board.served(state.requests_total)
+            await trio.sleep(REQUESTS_PUBLISH_INTERVAL)
 
     async def sweeper() -> None:
         while True:
@@ -185,8 +229,11 @@ async def serve_proxy(
         conns: trio.Nursery = await outer.start(run_connections)
         try:
             async with trio.open_nursery() as accepting:
-                for listener, secure in listeners:
-                    accepting.start_soon(accept_loop, listener, secure, conns)
+                if board is not None:
+                    board.join()
+                    accepting.start_soon(publish_requests, board)
+                for listener, ls in listeners:
+                    accepting.start_soon(accept_loop, listener, ls, conns)
                 accepting.start_soon(sweeper)
                 accepting.start_soon(_health_checks, lambda: state.current.balancers)
                 task_status.started([(str(h), int(p)) for h, p in bound])
@@ -201,6 +248,24 @@ async def serve_proxy(
                 tracker.cancel_all()
                 conns_scope.cancel()
                 pool.close_all()
+
+
+async def _accept_balanced(sock: socket.socket, board: LoadBoard) -> trio.SocketStream | None:
+    """Accept the next connection unless a less loaded worker should take it (None: it
+    went elsewhere, or the failure concerned that connection only)."""
+    await trio.lowlevel.wait_readable(sock)
+    if not board.may_accept():
+        # leave it to the others for a moment; take it ourselves if it is still there
+        await trio.sleep(ACCEPT_DEFER)
+    try:
+        raw, _ = sock.accept()
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in _SKIP_ACCEPT_ERRNOS:
+            return None
+        raise
+    return trio.SocketStream(trio.socket.from_stdlib_socket(raw))
 
 
 async def _health_checks(ref: Callable[[], Any]) -> None:

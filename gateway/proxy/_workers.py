@@ -23,6 +23,12 @@ control channel. Frames are ``kind (1 byte) | length (4) | version (8) | payload
   upstream health (JSON, ``upstream_health``); the status API shows one entry per worker
   (``WorkerPool.upstream_health``).
 
+Each child also inherits the load board (``GATEWAY_PROXY_BOARD=fd:count``, a shared-memory
+``LoadBoard``, gateway/proxy/_balance.py): every worker keeps its open connection count and
+request count there, accepts only while it is not ahead of the least-loaded worker (so a
+burst of connections is spread evenly), and the supervisor reads it for the status API
+(``WorkerPool.server_stats``). The supervisor clears a worker's slot when it exits.
+
 A worker exits gracefully (stops accepting, drains within the deadline) on SIGTERM,
 SIGQUIT, SIGINT or EOF on the control channel (the supervisor died). The supervisor restarts a
 worker that exits while the pool runs (backoff 0.1 s doubling to 5 s, reset after 10 s of
@@ -48,6 +54,7 @@ from typing import Any
 
 import trio
 
+from gateway.proxy._balance import LoadBoard
 from gateway.proxy._handler import ProxyOptions
 from gateway.proxy._serve import ListenSocket, bind_listen_sockets, inherited_sockets, serve_proxy
 from gateway.proxy._state import ProxyState, compile_config, upstream_health
@@ -148,6 +155,7 @@ class WorkerPool:
         self.drain_timeout = drain_timeout
         self.sockets = sockets if sockets is not None else bind_listen_sockets(settings)
         self.slots = [_Slot(i) for i in range(self.count)]
+        self.board = LoadBoard.create(self.count)
         self.restarts = 0
         self._frame: bytes | None = None
         self._version = 0
@@ -172,6 +180,27 @@ class WorkerPool:
             for slot in self.slots
             if slot.pid is not None
         ]
+
+    def server_stats(self) -> dict[str, Any]:
+        """The status API's ``server`` counters, summed over the workers, and per worker."""
+        workers = []
+        for slot in self.slots:
+            if self.board.closed:
+                break
+            conns = self.board.connections(slot.index)
+            workers.append(
+                {
+                    "worker": slot.index,
+                    "pid": slot.pid,
+                    "connections_active": max(conns, 0),
+                    "total_requests": self.board.requests(slot.index),
+                }
+            )
+        return {
+            "connections_active": sum(w["connections_active"] for w in workers),
+            "total_requests": sum(w["total_requests"] for w in workers),
+            "workers": workers,
+        }
 
     async def wait_applied(self, version: int) -> None:
         """Return once every worker runs ``version`` (or a later one)."""
@@ -215,6 +244,7 @@ class WorkerPool:
         finally:
             for listen in self.sockets:
                 listen.sock.close()
+            self.board.close()
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT) as signals:
@@ -237,7 +267,9 @@ class WorkerPool:
         while True:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             fds = [s.sock.fileno() for s in self.sockets]
+            fds.append(self.board.fd)
             env = dict(os.environ)
+            env["GATEWAY_PROXY_BOARD"] = self.board.env_value()
             env["GATEWAY_PROXY_FDS"] = ",".join(
                 f"{s.sock.fileno()}:{'ssl' if s.ssl else 'plain'}" for s in self.sockets
             )
@@ -270,6 +302,7 @@ class WorkerPool:
             finally:
                 slot.pid = None
                 slot.control = None
+                self.board.clear(slot.index)
                 child.close()
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(control)
@@ -355,6 +388,7 @@ async def worker_main() -> None:
         return
     setup: WorkerSetup = pickle.loads(first[2])
     state = ProxyState()
+    board = LoadBoard.from_env()
 
     async def apply(version: int, payload: bytes) -> None:
         def build() -> Any:
@@ -417,6 +451,7 @@ async def worker_main() -> None:
                 sockets=sockets,
                 options=setup.options,
                 drain_timeout=setup.drain_timeout,
+                board=board,
                 task_status=task_status,
             )
         )

@@ -102,6 +102,45 @@ async def test_two_workers_share_the_port_and_a_killed_one_restarts(nursery: tri
         assert (await request(port)).status == 200
 
 
+async def test_connections_are_spread_evenly_and_counted(nursery: trio.Nursery) -> None:
+    """Keep-alive connections opened one after another land evenly on the workers (the load
+    board), and the pool reports connections and requests per worker (the status API's
+    ``server`` counters)."""
+    up = Upstream()
+    await nursery.start(up.serve)
+    pool, port = await start_pool(nursery, up.port)
+    clients: list[Client] = []
+    try:
+        for _ in range(20):
+            client = await Client.open(port)
+            clients.append(client)
+            assert (await client.request()).status == 200
+        per_worker = [established_sockets(pid, port) for pid in pool.pids]
+        assert sum(per_worker) == 20
+        # a worker ahead of the other by 2 leaves new connections to it; a busy neighbour
+        # (a loaded test machine) can cost one more step now and then
+        assert max(per_worker) - min(per_worker) <= 4, per_worker
+        await wait_for(lambda: pool.server_stats()["total_requests"] >= 20)
+        stats = pool.server_stats()
+        assert stats["connections_active"] == 20
+        assert stats["total_requests"] == 20
+        by_pid = {w["pid"]: w["connections_active"] for w in stats["workers"]}
+        assert [by_pid[pid] for pid in pool.pids] == per_worker
+    finally:
+        for client in clients:
+            await client.aclose()
+    await wait_for(lambda: pool.server_stats()["connections_active"] == 0)
+
+    # a killed worker's slot is cleared, then taken by its successor
+    victim = pool.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    await wait_for(lambda: pool.restarts == 1 and len(pool.pids) == 2 and victim not in pool.pids)
+    await wait_for(lambda: pool.applied() == [1, 1])
+    stats = pool.server_stats()
+    assert [w["connections_active"] for w in stats["workers"]] == [0, 0]
+    assert {w["pid"] for w in stats["workers"]} == set(pool.pids)
+
+
 async def test_config_updates_reach_every_worker(nursery: trio.Nursery) -> None:
     up = Upstream()
     await nursery.start(up.serve)

@@ -1,4 +1,5 @@
-"""Upstream and target health on the Status API, in-process and with worker processes."""
+"""The Status API of a proxying node: upstream and target health, and the server counters,
+in-process and with worker processes."""
 
 from __future__ import annotations
 
@@ -66,3 +67,45 @@ def test_target_health_visible_on_the_status_api(
     reports = poll(seen, timeout=15, message="target health on /status/upstreams")
     assert all(r["upstreams"][0]["name"] == "pool" for r in reports)
     assert http("GET", node.url("status", "/status/upstreams/nope")).status == 404
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_server_counters_on_the_status_api(
+    processes: ProcessGroup, upstream: Upstream, workers: int
+) -> None:
+    """``GET /status`` shows ``server.connections_active`` and ``total_requests``, with worker
+    processes summed over the workers and listed per worker."""
+    node = processes.node(
+        "node",
+        {
+            "admin_listen": "127.0.0.1:0",
+            "proxy_listen": "127.0.0.1:0",
+            "status_listen": "127.0.0.1:0",
+            "worker_processes": workers,
+        },
+    )
+    admin = node.url("admin")
+    service = {"name": "echo", "url": upstream.url}
+    assert http("POST", admin + "/services", json_body=service).status == 201
+    route = {"name": "r", "paths": ["/echo"]}
+    assert http("POST", admin + "/services/echo/routes", json_body=route).status == 201
+    poll(
+        lambda: http("GET", node.url("proxy", "/echo")).status == 200 or None,
+        message="the route on the proxy",
+    )
+    for _ in range(5):
+        assert http("GET", node.url("proxy", "/echo")).status == 200
+
+    def counters() -> dict[str, Any] | None:
+        server = http("GET", node.url("status", "/status")).json().get("server")
+        # with workers the request counts are published every 0.5 s
+        return server if server and server["total_requests"] >= 6 else None
+
+    server = poll(counters, timeout=10, message="server counters on /status")
+    assert server["connections_active"] >= 0
+    if workers > 1:
+        assert len(server["workers"]) == workers
+        assert sum(w["total_requests"] for w in server["workers"]) == server["total_requests"]
+        assert all(isinstance(w["pid"], int) for w in server["workers"])
+    else:
+        assert "workers" not in server
