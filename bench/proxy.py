@@ -189,7 +189,13 @@ def build_config(upstream_port: int, case: str, routes: int) -> dict[str, Any]:
 def serve_gateway(args: argparse.Namespace) -> None:
     import trio
 
-    from gateway.proxy import ProxyOptions, ProxyState, compile_config, serve_proxy
+    from gateway.proxy import (
+        ProxyOptions,
+        ProxyState,
+        compile_config,
+        fair_scheduling,
+        serve_proxy,
+    )
     from gateway.proxy._workers import serve_workers
     from gateway.settings import ListenAddress
 
@@ -227,6 +233,7 @@ def serve_gateway(args: argparse.Namespace) -> None:
                     nursery.cancel_scope.cancel()
                     break
 
+    fair_scheduling()  # as python -m gateway and the worker processes do
     trio.run(main)
 
 

@@ -5,7 +5,8 @@ until the client's bytes are readable, ``recv`` them, ``send`` them upstream, wa
 upstream, ``recv`` the answer, ``send`` it back. No parsing, no routing, no headers, no
 timeouts: it only works for the benchmark's small GET requests and one-``recv`` answers.
 It shows what Trio's scheduler and two socket waits cost per request, which no proxy on
-Trio can go below.
+Trio can go below. Like the gateway's processes, it runs Trio's batches of ready tasks in
+arrival order (``gateway.proxy.fair_scheduling``), so both have the same scheduler.
 
     python bench/trio_floor.py LISTEN_PORT UPSTREAM_PORT
 """
@@ -42,6 +43,9 @@ async def main(port: int, upstream: int) -> None:
 
 
 if __name__ == "__main__":
+    from gateway.proxy import fair_scheduling
+
+    fair_scheduling()
     try:
         trio.run(main, int(sys.argv[1]), int(sys.argv[2]))
     except KeyboardInterrupt:

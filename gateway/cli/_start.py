@@ -12,6 +12,7 @@ import trio
 
 from gateway._errors import ConfigError
 from gateway._logging import configure_logging
+from gateway.proxy import fair_scheduling
 from gateway.settings import Settings, add_settings_arguments, settings_from_args
 
 log = logging.getLogger("gateway")
@@ -34,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     configure_logging(settings.log_level, role=settings.role)
+    if settings.role != "control_plane":
+        fair_scheduling()  # the node proxies: first come, first served (a shorter tail)
     try:
         trio.run(run_until_signal, settings)
     except ConfigError as exc:

@@ -10,10 +10,12 @@ import logging
 
 import trio
 
+from gateway.proxy._scheduling import fair_scheduling
 from gateway.proxy._workers import worker_main
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
+    fair_scheduling()
     try:
         trio.run(worker_main)
     except KeyboardInterrupt:
