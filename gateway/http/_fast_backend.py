@@ -22,6 +22,10 @@ BODY: framing comes from our own head checks (``Content-Length`` counts down, ``
 runs ``ChunkedDecoder``, a response without either reads until EOF). DONE: ``PAUSED``
 until the next cycle; pipelined bytes wait in the buffer. Owning the message boundaries
 ourselves is what makes pipelining and protocol switches exact.
+
+Substring tests here use ``find`` rather than ``in``: ``needle in data`` on bytes first tries
+the needle as an integer, and raising and clearing that ``TypeError`` costs about 2,000
+instructions each time (callgrind; it was 1 % of a proxied request).
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ class ChunkedDecoder:
             if state == 0:
                 i = buf.find(b"\r\n")
                 if i < 0:
-                    if len(buf) > _MAX_CHUNK_LINE or b"\n" in buf:
+                    if len(buf) > _MAX_CHUNK_LINE or buf.find(b"\n") >= 0:
                         raise HttpError(self.error_status, "invalid chunk size line")
                     return NEED_DATA
                 line = bytes(buf[:i])
@@ -109,7 +113,7 @@ class ChunkedDecoder:
                 size_text = line.split(b";", 1)[0]
                 if not size_text or len(size_text) > 16 or not _HEX.issuperset(size_text):
                     raise HttpError(self.error_status, "invalid chunk size")
-                if b"\n" in line or b"\r" in line:
+                if line.find(b"\n") >= 0 or line.find(b"\r") >= 0:
                     raise HttpError(self.error_status, "bare CR or LF in a chunk size line")
                 size = int(size_text, 16)
                 if size:
@@ -129,7 +133,7 @@ class ChunkedDecoder:
             if state == 3:
                 i = buf.find(b"\r\n")
                 if i < 0:
-                    if len(buf) > _MAX_TRAILERS or b"\n" in buf:
+                    if len(buf) > _MAX_TRAILERS or buf.find(b"\n") >= 0:
                         raise HttpError(self.error_status, "invalid trailer section")
                     return NEED_DATA
                 line = bytes(buf[:i])
@@ -140,10 +144,10 @@ class ChunkedDecoder:
                 self._trailer_bytes += i + 2
                 if (
                     self._trailer_bytes > _MAX_TRAILERS
-                    or b"\n" in line
-                    or b"\r" in line
+                    or line.find(b"\n") >= 0
+                    or line.find(b"\r") >= 0
                     or line[0] in b" \t"
-                    or b":" not in line
+                    or line.find(b":") < 0
                 ):
                     raise HttpError(self.error_status, "invalid trailer field")
                 continue
@@ -339,7 +343,7 @@ class FastRequestParser(_MessageReader):
         # server behind it might.
         line_end = block.find(b"\r\n")
         line = block[:line_end]
-        if line.count(b" ") != 2 or b"\t" in line or line[-8:-3] != b"HTTP/":
+        if line.count(b" ") != 2 or line.find(b"\t") >= 0 or line[-8:-3] != b"HTTP/":
             raise HttpError(400, "malformed request line")
         return build_request_head(
             parser.get_method().decode("latin-1"),

@@ -138,48 +138,47 @@ async def serve_proxy(
     bound = [ls.sock.getsockname()[:2] for ls in listen]
 
     async def connection(stream: trio.SocketStream, secure: bool) -> None:
+        # one coroutine (not a wrapper around another): every resume of a connection's task
+        # passes through each interpreted level, twice per proxied request
         try:
-            await serve_client(stream, secure)
+            peer = stream.socket.getpeername()
+            local = stream.socket.getsockname()
+            sni: str | None = None
+            conn_stream: trio.abc.Stream = stream
+            if secure:
+                assert tls_context is not None
+                tls = trio.SSLStream(stream, tls_context, server_side=True)
+                try:
+                    with trio.fail_after(opts.client_header_timeout):
+                        await tls.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
+                    await trio.aclose_forcefully(stream)
+                    return
+                sni = _server_name(tls)
+                conn_stream = tls
+            info = ConnectionInfo(
+                client_ip=str(peer[0]),
+                client_port=int(peer[1]),
+                server_port=int(local[1]),
+                scheme="https" if secure else "http",
+                sni=sni,
+            )
+            await serve_connection(
+                conn_stream,
+                handler,
+                info,
+                backend=opts.backend,
+                limits=opts.limits,
+                render_error=_kong_error,
+                header_timeout=opts.client_header_timeout,
+                keepalive_timeout=opts.keepalive_timeout,
+                body_timeout=opts.client_body_timeout,
+                tracker=tracker,
+                watchdog=watchdog,
+            )
         finally:
             if board is not None:
                 board.connection_closed()
-
-    async def serve_client(stream: trio.SocketStream, secure: bool) -> None:
-        peer = stream.socket.getpeername()
-        local = stream.socket.getsockname()
-        sni: str | None = None
-        conn_stream: trio.abc.Stream = stream
-        if secure:
-            assert tls_context is not None
-            tls = trio.SSLStream(stream, tls_context, server_side=True)
-            try:
-                with trio.fail_after(opts.client_header_timeout):
-                    await tls.do_handshake()
-            except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
-                await trio.aclose_forcefully(stream)
-                return
-            sni = _server_name(tls)
-            conn_stream = tls
-        info = ConnectionInfo(
-            client_ip=str(peer[0]),
-            client_port=int(peer[1]),
-            server_port=int(local[1]),
-            scheme="https" if secure else "http",
-            sni=sni,
-        )
-        await serve_connection(
-            conn_stream,
-            handler,
-            info,
-            backend=opts.backend,
-            limits=opts.limits,
-            render_error=_kong_error,
-            header_timeout=opts.client_header_timeout,
-            keepalive_timeout=opts.keepalive_timeout,
-            body_timeout=opts.client_body_timeout,
-            tracker=tracker,
-            watchdog=watchdog,
-        )
 
     async def accept_loop(
         listener: trio.SocketListener, ls: ListenSocket, conns: trio.Nursery
