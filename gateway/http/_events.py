@@ -256,8 +256,20 @@ def check_head_block(block: bytes, limits: Limits, *, request: bool) -> None:
 _VERSIONS = ("1.1", "1.0")
 
 
+# the values a Connection header nearly always has (nginx sends "keep-alive" on every
+# response), tokenised in advance: one dict lookup instead of a split, a strip and a lower
+_SINGLE_TOKENS = {
+    spelling: token
+    for token in (b"keep-alive", b"close", b"upgrade")
+    for spelling in (token, token.capitalize(), token.title(), token.upper())
+}
+
+
 def header_tokens(value: bytes) -> list[bytes]:
     """The comma-separated tokens of a header value, stripped and lower-cased."""
+    token = _SINGLE_TOKENS.get(value)
+    if token is not None:
+        return [token]
     return [t.strip().lower() for t in value.split(b",")]
 
 

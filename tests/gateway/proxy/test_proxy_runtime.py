@@ -190,3 +190,48 @@ def test_watchdog_wakes_only_expired_waits() -> None:
     assert not b.expired
     dog.release(b)
     assert dog.check(10.0) == 0
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from(
+            [b"keep-alive", b"Keep-Alive", b"CLOSE", b"Upgrade", b"keep-alive, Upgrade", b" close "]
+        ),
+    )
+)
+def test_connection_tokens_are_split_stripped_and_lower_cased(value: bytes) -> None:
+    """The common single values come from a table; every value gives what the general rule
+    (split on commas, strip, lower-case) gives."""
+    from gateway.http._events import header_tokens
+
+    assert header_tokens(value) == [t.strip().lower() for t in value.split(b",")]
+
+
+def test_watchdog_deadlines_follow_its_clock() -> None:
+    """Slots take their watchdog's clock: on Trio's mock clock a silent peer times out in
+    virtual time (the default, ``time.monotonic``, would never move there)."""
+    from gateway.http import Watchdog
+    from gateway.http._io import receive
+
+    async def main() -> float:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        dog = Watchdog(tick=0.05, clock=trio.current_time)
+        slot = dog.slot()
+        assert slot.clock is trio.current_time
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+        started = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dog.run)
+                with pytest.raises(trio.TooSlowError):
+                    await receive(stream, timeout=30.0, slot=slot)
+                nursery.cancel_scope.cancel()
+        finally:
+            a.close()
+            b.close()
+        return trio.current_time() - started
+
+    waited = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert 30.0 <= waited <= 30.1
