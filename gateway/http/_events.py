@@ -185,7 +185,8 @@ def find_head_end(
             cr -= 1  # may be the first half of a CRLF still to come
         if lf != pairs or cr != pairs:
             raise HttpError(400, "bare CR or LF in the message head")
-    if request:
+    # a complete head no longer than the limit holds a request line no longer than it
+    if request and (end < 0 or end > limits.max_request_line):
         line_end = buf.find(b"\r\n")
         if (line_end < 0 and len(buf) > limits.max_request_line) or (
             line_end > limits.max_request_line

@@ -154,6 +154,12 @@ class ChunkedDecoder:
             return END
 
 
+# Header names as they come, lower-cased: a dict lookup is cheaper than ``bytes.lower``
+# through mypyc's generic method call. Bounded: names are the peers' choice.
+_LOWER_NAMES: dict[bytes, bytes] = {}
+_LOWER_NAMES_MAX = 1024
+
+
 class _HeadCollector:
     """httptools callbacks for one head.
 
@@ -189,7 +195,12 @@ class _HeadCollector:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        lower = _LOWER_NAMES.get(name)
+        if lower is None:
+            lower = name.lower()
+            if len(_LOWER_NAMES) < _LOWER_NAMES_MAX:
+                _LOWER_NAMES[name] = lower
+        self.headers.append((lower, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -220,7 +231,7 @@ class _MessageReader:
 
     def _take_head(self) -> bytes | None:
         buf = self._buf
-        if self._request:
+        if self._request and buf and buf[0] == 13:  # (an index: no method call, usually)
             while buf.startswith(b"\r\n"):
                 del buf[:2]
         # Both grammars refuse bare CR or LF themselves (the regex by construction, llhttp
@@ -436,11 +447,13 @@ class FastResponseParser(_MessageReader):
 
     def _httptools_head(self, block: bytes) -> ResponseHead:
         collector = _HeadCollector()
-        parser: Any = _feed_head(httptools.HttpResponseParser(collector), collector, block, 502)
-        status: int = parser.get_status_code()
-        line = block[: block.find(b"\r\n")]
-        reason = line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
+        _feed_head(httptools.HttpResponseParser(collector), collector, block, 502)
         if not block.startswith(b"HTTP/"):
             raise HttpError(502, "malformed response head")  # llhttp also takes RTSP/ and ICE/
-        # the status line llhttp accepted starts with "HTTP/d.d "
+        # the status line llhttp accepted is "HTTP/d.d ddd" (exactly three digits) then CRLF,
+        # or SP and a reason, possibly empty: read with indexes and slices, no method calls
+        status = block[9] * 100 + block[10] * 10 + block[11] - 5328  # 48 * 111: the digits
+        reason = b""
+        if block[12] == 32:
+            reason = block[13 : block.find(b"\r\n")]
         return build_response_head(status, reason, block[5:8].decode("latin-1"), collector.headers)

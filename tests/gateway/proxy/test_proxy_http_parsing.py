@@ -227,7 +227,37 @@ def test_response_framing(backend: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "status_line", [b"RTSP/1.0 200 OK", b"ICE/1.0 200 OK", b"HTTP/2.0 200 OK", b"HTTP/1.1 2000 OK"]
+    ("status_line", "status", "reason", "version"),
+    [
+        (b"HTTP/1.1 200 OK", 200, b"OK", "1.1"),
+        (b"HTTP/1.1 404 Not Found", 404, b"Not Found", "1.1"),
+        (b"HTTP/1.0 301 Moved  Permanently", 301, b"Moved  Permanently", "1.0"),
+        (b"HTTP/1.1 599 ", 599, b"", "1.1"),
+        (b"HTTP/1.1 204", 204, b"", "1.1"),
+        (b"HTTP/1.1 100 Continue", 100, b"Continue", "1.1"),
+        (b"HTTP/1.1 999 \xe9t\xe9", 999, b"\xe9t\xe9", "1.1"),
+    ],
+)
+def test_status_lines_are_read_whole(
+    backend: str, status_line: bytes, status: int, reason: bytes, version: str
+) -> None:
+    evs = response_events(backend, "HEAD", status_line + b"\r\nContent-Length: 0\r\n\r\n")
+    head = evs[0]
+    assert isinstance(head, ResponseHead)
+    assert (head.status, head.reason, head.version) == (status, reason, version)
+
+
+@pytest.mark.parametrize(
+    "status_line",
+    [
+        b"RTSP/1.0 200 OK",
+        b"ICE/1.0 200 OK",
+        b"HTTP/2.0 200 OK",
+        b"HTTP/1.1 2000 OK",
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1  200 OK",
+        b"HTTP/1.1 200OK",
+    ],
 )
 def test_response_with_a_foreign_status_line_is_502(backend: str, status_line: bytes) -> None:
     with pytest.raises(HttpError) as info:
