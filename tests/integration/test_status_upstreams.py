@@ -6,16 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import ProcessGroup, Upstream, http, poll
+from helpers import GatewayProcess, ProcessGroup, Upstream, http, poll
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_target_health_visible_on_the_status_api(
-    processes: ProcessGroup, upstream: Upstream, workers: int
-) -> None:
-    node = processes.node(
+def proxying_node(processes: ProcessGroup, workers: int) -> GatewayProcess:
+    """A traditional node with admin, proxy and status listeners on ephemeral ports."""
+    return processes.node(
         "node",
         {
             "admin_listen": "127.0.0.1:0",
@@ -24,6 +22,13 @@ def test_target_health_visible_on_the_status_api(
             "worker_processes": workers,
         },
     )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_target_health_visible_on_the_status_api(
+    processes: ProcessGroup, upstream: Upstream, workers: int
+) -> None:
+    node = proxying_node(processes, workers)
     admin = node.url("admin")
     checks = {
         "active": {
@@ -75,15 +80,7 @@ def test_server_counters_on_the_status_api(
 ) -> None:
     """``GET /status`` shows ``server.connections_active`` and ``total_requests``, with worker
     processes summed over the workers and listed per worker."""
-    node = processes.node(
-        "node",
-        {
-            "admin_listen": "127.0.0.1:0",
-            "proxy_listen": "127.0.0.1:0",
-            "status_listen": "127.0.0.1:0",
-            "worker_processes": workers,
-        },
-    )
+    node = proxying_node(processes, workers)
     admin = node.url("admin")
     service = {"name": "echo", "url": upstream.url}
     assert http("POST", admin + "/services", json_body=service).status == 201
