@@ -78,8 +78,9 @@ def test_target_health_visible_on_the_status_api(
 def test_server_counters_on_the_status_api(
     processes: ProcessGroup, upstream: Upstream, workers: int
 ) -> None:
-    """``GET /status`` shows ``server.connections_active`` and ``total_requests``, with worker
-    processes summed over the workers and listed per worker."""
+    """``GET /status`` (Status API and Admin API) shows ``server.connections_active`` and
+    ``total_requests``, with worker processes summed over the workers and listed per
+    worker."""
     node = proxying_node(processes, workers)
     admin = node.url("admin")
     service = {"name": "echo", "url": upstream.url}
@@ -106,3 +107,7 @@ def test_server_counters_on_the_status_api(
         assert all(isinstance(w["pid"], int) for w in server["workers"])
     else:
         assert "workers" not in server
+    # the Admin API's /status shows the same counters
+    admin_server = http("GET", admin + "/status").json()["server"]
+    assert admin_server["total_requests"] >= server["total_requests"]
+    assert ("workers" in admin_server) == (workers > 1)
