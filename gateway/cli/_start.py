@@ -12,7 +12,6 @@ import trio
 
 from gateway._errors import ConfigError
 from gateway._logging import configure_logging
-from gateway.proxy import fair_scheduling
 from gateway.settings import Settings, add_settings_arguments, settings_from_args
 
 log = logging.getLogger("gateway")
@@ -36,7 +35,11 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     configure_logging(settings.log_level, role=settings.role)
     if settings.role != "control_plane":
-        fair_scheduling()  # the node proxies: first come, first served (a shorter tail)
+        # the node proxies: first come, first served (a shorter tail). Imported here: the
+        # proxy package is heavy, and the other commands do not need it
+        from gateway.proxy import fair_scheduling
+
+        fair_scheduling()
     try:
         trio.run(run_until_signal, settings)
     except ConfigError as exc:
