@@ -159,6 +159,9 @@ def _banner(directory: Path, cp: Any, dps: list[Any], echo: tuple[str, int]) -> 
 
 def _run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    from gateway.proxy import fair_scheduling  # (here: other commands skip the import)
+
+    fair_scheduling()  # the data planes proxy: first come, first served, as `start` does
     try:
         trio.run(run_cluster, Path(args.dir), args.data_planes, args.log_level)
     except ConfigError as exc:
