@@ -141,8 +141,13 @@ async def serve_proxy(
         # one coroutine (not a wrapper around another): every resume of a connection's task
         # passes through each interpreted level, twice per proxied request
         try:
-            peer = stream.socket.getpeername()
-            local = stream.socket.getsockname()
+            try:
+                peer = stream.socket.getpeername()
+                local = stream.socket.getsockname()
+            except OSError:
+                # gone before we got to it (a reset right after connecting: ENOTCONN)
+                await trio.aclose_forcefully(stream)
+                return
             sni: str | None = None
             conn_stream: trio.abc.Stream = stream
             if secure:
@@ -176,6 +181,12 @@ async def serve_proxy(
                 tracker=tracker,
                 watchdog=watchdog,
             )
+        except Exception:
+            # serve_connection lets nothing a client does escape; this is the last line: a
+            # bug in one connection must not take the listener and every other connection
+            # down with it (the connections share one nursery)
+            log.exception("connection task failed")
+            await trio.aclose_forcefully(stream)
         finally:
             if board is not None:
                 board.connection_closed()

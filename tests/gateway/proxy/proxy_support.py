@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -264,6 +266,16 @@ def status_of(raw: bytes) -> int:
 
 
 # -- the proxy ------------------------------------------------------------------------------
+
+
+def reset_connections(port: int, count: int) -> None:
+    """Connect and reset at once (SO_LINGER 0), blocking: a server in the same Trio run
+    accepts them later, when each is already gone (its getpeername fails with ENOTCONN)."""
+    for _ in range(count):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.connect(("127.0.0.1", port))
+        s.close()
 
 
 class FakeSettings:

@@ -11,7 +11,15 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proxy_support import Client, Upstream, raw_exchange, request, simple_config, start_proxy
+from proxy_support import (
+    Client,
+    Upstream,
+    raw_exchange,
+    request,
+    reset_connections,
+    simple_config,
+    start_proxy,
+)
 
 from gateway.http import BACKENDS, NEED_DATA, PAUSED, HttpError, Limits, make_request_parser
 from gateway.proxy import ConnectionPool, ProxyOptions
@@ -110,6 +118,15 @@ async def test_untrusted_garbage_never_kills_the_listener(nursery: trio.Nursery)
     port, _ = await start_proxy(nursery, simple_config(up.port))
     for junk in (b"\x00\xff" * 100, b"GET / HTTP/1.1\r\n" + b"A" * 40000, b"\r\n\r\n\r\n", b"G"):
         await raw_exchange(port, junk, timeout=0.5)
+    assert (await request(port)).status == 200
+
+
+async def test_clients_that_reset_at_once_never_kill_the_server(nursery: trio.Nursery) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    port, _ = await start_proxy(nursery, simple_config(up.port))
+    reset_connections(port, 20)  # blocks this thread: the server has not accepted yet
+    await trio.sleep(0.2)
     assert (await request(port)).status == 200
 
 

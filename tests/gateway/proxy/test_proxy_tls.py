@@ -19,6 +19,7 @@ from proxy_support import (
     FakeSettings,
     Upstream,
     config,
+    reset_connections,
     route,
     service,
     start_proxy,
@@ -160,6 +161,22 @@ async def test_generated_default_certificate(nursery: trio.Nursery) -> None:
     )
     cn, data = await tls_get(port, "whatever.test", None)
     assert cn == "localhost"
+    assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_clients_that_reset_at_once_never_kill_a_tls_listener(
+    nursery: trio.Nursery,
+) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    svc = service(up.port)
+    settings = FakeSettings(proxy_listen=(ListenAddress(host="127.0.0.1", port=0, ssl=True),))
+    port, _ = await start_proxy(
+        nursery, config(services=[svc], routes=[route(svc)]), settings=settings
+    )
+    reset_connections(port, 20)  # blocks this thread: the server has not accepted yet
+    await trio.sleep(0.2)
+    _, data = await tls_get(port, "whatever.test", None)
     assert data.startswith(b"HTTP/1.1 200 OK")
 
 
