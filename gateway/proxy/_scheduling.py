@@ -16,9 +16,10 @@ Trio offers no switch for this, so ``fair_scheduling`` replaces the random sourc
 the scheduler run the batch in arrival order. The same source also draws the arbitrary
 offset of Trio's clock (``uniform``), which still comes from the ordinary generator.
 
-The process entry points of a proxying node call it (``python -m gateway`` and the worker
-processes). Tests check that the order it produces is the arrival order, so a Trio release
-that changes the scheduler is noticed.
+The process entry points of a proxying node call it (``python -m gateway start`` for the
+traditional and data plane roles, ``python -m gateway quickstart``, the worker processes).
+Tests check that the order it produces is the arrival order, so a Trio release that
+changes the scheduler is noticed.
 """
 
 from __future__ import annotations
