@@ -183,19 +183,16 @@ class WorkerPool:
 
     def server_stats(self) -> dict[str, Any]:
         """The status API's ``server`` counters, summed over the workers, and per worker."""
-        workers = []
-        for slot in self.slots:
-            if self.board.closed:
-                break
-            conns = self.board.connections(slot.index)
-            workers.append(
-                {
-                    "worker": slot.index,
-                    "pid": slot.pid,
-                    "connections_active": max(conns, 0),
-                    "total_requests": self.board.requests(slot.index),
-                }
-            )
+        board = self.board
+        workers = [
+            {
+                "worker": slot.index,
+                "pid": slot.pid,
+                "connections_active": max(board.connections(slot.index), 0),
+                "total_requests": board.requests(slot.index),
+            }
+            for slot in ([] if board.closed else self.slots)
+        ]
         return {
             "connections_active": sum(w["connections_active"] for w in workers),
             "total_requests": sum(w["total_requests"] for w in workers),

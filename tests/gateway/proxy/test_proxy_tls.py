@@ -151,7 +151,9 @@ async def test_tls_termination_selects_certificate_by_sni(nursery: trio.Nursery)
     assert b'"x-forwarded-proto", "https"' in data
 
 
-async def test_generated_default_certificate(nursery: trio.Nursery) -> None:
+async def start_tls_proxy(nursery: trio.Nursery) -> int:
+    """A proxy with one TLS listener (no certificate configured: the generated default) in
+    front of an upstream; returns the port."""
     up = Upstream()
     await nursery.start(up.serve)
     svc = service(up.port)
@@ -159,6 +161,11 @@ async def test_generated_default_certificate(nursery: trio.Nursery) -> None:
     port, _ = await start_proxy(
         nursery, config(services=[svc], routes=[route(svc)]), settings=settings
     )
+    return port
+
+
+async def test_generated_default_certificate(nursery: trio.Nursery) -> None:
+    port = await start_tls_proxy(nursery)
     cn, data = await tls_get(port, "whatever.test", None)
     assert cn == "localhost"
     assert data.startswith(b"HTTP/1.1 200 OK")
@@ -167,13 +174,7 @@ async def test_generated_default_certificate(nursery: trio.Nursery) -> None:
 async def test_clients_that_reset_at_once_never_kill_a_tls_listener(
     nursery: trio.Nursery,
 ) -> None:
-    up = Upstream()
-    await nursery.start(up.serve)
-    svc = service(up.port)
-    settings = FakeSettings(proxy_listen=(ListenAddress(host="127.0.0.1", port=0, ssl=True),))
-    port, _ = await start_proxy(
-        nursery, config(services=[svc], routes=[route(svc)]), settings=settings
-    )
+    port = await start_tls_proxy(nursery)
     reset_connections(port, 20)  # blocks this thread: the server has not accepted yet
     await trio.sleep(0.2)
     _, data = await tls_get(port, "whatever.test", None)
