@@ -55,10 +55,10 @@ http {{
 """
 
 NGINX_PROXY = """
-worker_processes 1;
+worker_processes {workers};
 daemon off;
-pid {dir}/proxy.pid;
-error_log {dir}/proxy-error.log;
+pid {dir}/proxy{workers}.pid;
+error_log {dir}/proxy{workers}-error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
@@ -334,6 +334,11 @@ class Gateway:
 REFERENCE = "nginx reverse proxy, 1 worker"
 
 
+def nginx_n(workers: int) -> str:
+    """The name of the like-for-like reference of the N-worker gateways."""
+    return f"nginx reverse proxy, {workers} workers (not pinned)"
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """The median of each measure over the rounds (errors: their sum)."""
     out = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
@@ -353,18 +358,43 @@ def print_table(
     t1, t2 = (titles[k] for k in ratios)
     w1, w2 = max(len(t1), 11), max(len(t2), 11)
     print(
-        f"| {'setup':<58} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+        f"| {'setup':<62} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
         f"| {t1:>{w1}} | {t2:>{w2}} |"
     )
-    print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * (w1 + 2)}|{'-' * (w2 + 2)}|")
+    print(f"|{'-' * 64}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * (w1 + 2)}|{'-' * (w2 + 2)}|")
     for name, r in rows:
         x1, x2 = (r[k] / ref[k] for k in ratios)
         print(
-            f"| {name:<58} | {r['rps']:>9.0f} | {r['p50']:>7.{digits}f} | {r['p99']:>7.{digits}f} "
+            f"| {name:<62} | {r['rps']:>9.0f} | {r['p50']:>7.{digits}f} | {r['p99']:>7.{digits}f} "
             f"| {x1:>{w1}.2f} | {x2:>{w2}.2f} |"
         )
         if r["errors"]:
             print(f"  ({r['errors']:.0f} non-2xx responses)")
+
+
+def print_like_for_like(
+    results: list[tuple[str, dict[str, float]]],
+    paced: list[tuple[str, dict[str, float]]],
+    workers: int,
+) -> None:
+    """The N-worker gateways against nginx with N workers, placed the same way."""
+    full, slow = dict(results), dict(paced)
+    ref, ref_paced = full[nginx_n(workers)], slow.get(nginx_n(workers))
+    print(f"\nLike for like: {workers} gateway workers against nginx with {workers} workers\n")
+    print(f"| {'setup':<62} | {'x req/s':>8} | {'x p99':>8} | {'x p99 at equal load':>19} |")
+    print(f"|{'-' * 64}|{'-' * 10}|{'-' * 10}|{'-' * 21}|")
+    for name, r in results:
+        if not (name.startswith("gateway") and name.endswith(f", {workers} worker(s)")):
+            continue
+        at_equal = (
+            f"{slow[name]['p99'] / ref_paced['p99']:.2f}"
+            if ref_paced is not None and name in slow
+            else "-"
+        )
+        print(
+            f"| {name:<62} | {r['rps'] / ref['rps']:>8.2f} | {r['p99'] / ref['p99']:>8.2f} "
+            f"| {at_equal:>19} |"
+        )
 
 
 def main() -> None:
@@ -410,11 +440,23 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     up_port, px_port = free_port(), free_port()
     (tmp / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=tmp, port=up_port))
-    (tmp / "proxy.conf").write_text(NGINX_PROXY.format(dir=tmp, port=px_port, upstream=up_port))
+    (tmp / "proxy.conf").write_text(
+        NGINX_PROXY.format(dir=tmp, port=px_port, upstream=up_port, workers=1)
+    )
     setup_pinning(not args.no_pin)
+    nginx_confs = [("upstream.conf", "load"), ("proxy.conf", "proxy")]
+    # with N > 1, nginx with N workers too, placed like the N-worker gateways (not pinned):
+    # on a small machine N workers share the CPUs with wrk and the upstream, and their
+    # latency tail is the scheduler's as much as the proxy's
+    pxn_port = free_port()
+    if args.workers > 1:
+        (tmp / "proxy-n.conf").write_text(
+            NGINX_PROXY.format(dir=tmp, port=pxn_port, upstream=up_port, workers=args.workers)
+        )
+        nginx_confs.append(("proxy-n.conf", "none"))
     nginx = [
-        subprocess.Popen([*PIN[role], "nginx", "-p", str(tmp), "-c", str(tmp / name)])
-        for name, role in (("upstream.conf", "load"), ("proxy.conf", "proxy"))
+        subprocess.Popen([*PIN.get(role, []), "nginx", "-p", str(tmp), "-c", str(tmp / name)])
+        for name, role in nginx_confs
     ]
     # every setup runs for the whole bench; each round measures all of them once, in turn,
     # and the tables show the median of the rounds: one wrk run on a shared VM sometimes
@@ -430,6 +472,9 @@ def main() -> None:
         wait_port(px_port)
         setups.append(("nginx upstream (direct)", f"http://127.0.0.1:{up_port}/", []))
         setups.append((REFERENCE, f"http://127.0.0.1:{px_port}/", []))
+        if args.workers > 1:
+            wait_port(pxn_port)
+            setups.append((nginx_n(args.workers), f"http://127.0.0.1:{pxn_port}/", []))
         floor_port = free_port()
         floor = subprocess.Popen(
             [
@@ -472,7 +517,7 @@ def main() -> None:
                 rounds.setdefault(name, []).append(run_wrk(url, args, headers))
             if args.rate:
                 for name, url, headers in setups:
-                    if name.startswith(("gateway", REFERENCE)):
+                    if name.startswith(("gateway", "nginx reverse proxy")):
                         paced_rounds.setdefault(name, []).append(
                             run_wrk(url, args, headers, paced=True)
                         )
@@ -516,6 +561,8 @@ def main() -> None:
             f"together they offer ~{args.rate} req/s (wrk delay() script)\n"
         )
         print_table(paced, dict(paced)[REFERENCE], ("p50", "p99"), digits=3)
+    if args.workers > 1:
+        print_like_for_like(results, paced, args.workers)
     print(f"\nRSS of one gateway worker with 10,000 routes loaded: {rss_10k / 1024:.1f} MiB")
     if args.json:
         print(json.dumps({"results": results, "paced": paced, "rss_10k_kib": rss_10k}, indent=1))
