@@ -9,6 +9,7 @@ from gateway.plugins._api import (
     Response,
     ServiceRequest,
 )
+from gateway.plugins._handshake import Handshake
 from gateway.plugins._plugin import Plugin, overrides
 from gateway.plugins._registry import available_plugins, get_plugin, plugin_versions
 
@@ -17,6 +18,7 @@ __all__ = [
     "Context",
     "EntityIndex",
     "ExitResponse",
+    "Handshake",
     "Headers",
     "Plugin",
     "Response",

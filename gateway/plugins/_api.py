@@ -9,6 +9,10 @@ authenticate, reject with ``ctx.exit(...)``, or change ``ctx.service_request``) 
 upstream request -> ``header_filter`` (may change ``ctx.response``) -> ``body_filter`` (per
 chunk, streaming) -> ``log`` (after the response is sent; must not block).
 
+Before all of them, once per connection of an ``ssl`` listener, the synchronous
+``certificate`` phase runs during the TLS handshake, for global plugins only (no route is
+known yet); it sees a ``Handshake`` (``gateway.plugins._handshake``), not a ``Context``.
+
 A plugin is a subclass of ``Plugin`` with class attributes ``name``, ``version`` (semver),
 ``priority`` and ``config_schema``. One instance exists per configured plugin entity and
 lives for one configuration version; ``__init__`` receives the validated config and the

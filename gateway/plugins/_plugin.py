@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from gateway.plugins._api import Context
+from gateway.plugins._handshake import Handshake
 from gateway.schema import Record
 
 __all__ = ["Plugin", "overrides"]
@@ -34,6 +35,14 @@ class Plugin:
         #: the plugin entity's id: stable across configuration versions (use it to key
         #: state that must survive a swap, such as rate-limiting counters)
         self.plugin_id = plugin_id
+
+    def certificate(self, handshake: Handshake) -> None:
+        """Runs during the TLS handshake of an ``ssl`` listener; only for global plugins.
+
+        Synchronous (it runs inside the stdlib's SNI callback): may pick a certificate of
+        the configuration or ``handshake.reject(reason)``. An exception aborts the
+        handshake.
+        """
 
     async def rewrite(self, ctx: Context) -> None:
         """Runs before routing-dependent work; only for global plugins."""

@@ -14,7 +14,9 @@ the moment it is reached, with the consumer authenticated *so far*: authenticati
 have high priorities, so by the time a lower-priority plugin is reached, a consumer-scoped
 instance can apply. The instances that ran in access are the ones that run in
 ``header_filter``, ``body_filter`` and ``log``. The rewrite phase only runs global
-instances (nothing is routed yet).
+instances (nothing is routed yet), and so does the certificate phase (the TLS handshake of
+an ``ssl`` listener, before any request: Kong's ``execute_global_plugins_iterator``), for
+the global instances whose ``protocols`` include a TLS one.
 
 Plans that cannot depend on a consumer (no consumer-scoped instance of any name) are
 cached per (route, service), so the common request does one dict lookup.
@@ -30,8 +32,13 @@ from gateway.plugins import Plugin, get_plugin, overrides
 
 __all__ = ["PHASES", "PluginPlan", "PluginTable"]
 
-PHASES = ("rewrite", "access", "header_filter", "body_filter", "log")
+PHASES = ("certificate", "rewrite", "access", "header_filter", "body_filter", "log")
 ScopeKey = tuple[str | None, str | None, str | None]
+# the protocols an ``ssl`` listener serves. NOTE: a global plugin runs its certificate phase
+# only when its ``protocols`` include one of them; Kong runs it for any protocol of the
+# subsystem, so an http-only instance would see https handshakes
+# (tests/gateway/proxy/test_certificate_phase.py::test_protocols_without_tls_skip_the_phase)
+_TLS_PROTOCOLS = frozenset(("https", "grpcs", "wss"))
 
 
 def _ref(value: object) -> str | None:
@@ -101,6 +108,13 @@ class PluginTable:
             for n in self._order
             if (inst := by_name[n].get((None, None, None))) is not None
             and overrides(type(inst), "rewrite")
+        )
+        self.certificate: tuple[Plugin, ...] = tuple(
+            inst
+            for n in self._order
+            if (inst := by_name[n].get((None, None, None))) is not None
+            and overrides(type(inst), "certificate")
+            and not _TLS_PROTOCOLS.isdisjoint(protocols.get(id(inst), _TLS_PROTOCOLS))
         )
         self._cache: dict[tuple[str | None, str | None], PluginPlan] = {}
         self.empty = not by_name

@@ -42,6 +42,8 @@ __all__ = ["ListenSocket", "bind_listen_sockets", "serve_proxy"]
 log = logging.getLogger("gateway.proxy")
 
 SWEEP_INTERVAL = 5.0
+# how long a failed handshake may take to send its alert before the connection is closed
+ALERT_SEND_TIMEOUT = 1.0
 # accept() failures that concern one connection only (trio.SocketListener skips the same)
 _SKIP_ACCEPT_ERRNOS = frozenset(
     getattr(errno, name)
@@ -124,7 +126,9 @@ async def serve_proxy(
     tls_context: ssl.SSLContext | None = None
     if any(ls.ssl for ls in listen):
         tls_context = listening_context(
-            _default_pairs(settings), lambda: state.current.certificates
+            _default_pairs(settings),
+            lambda: state.current.certificates,
+            lambda: state.current.plugins.certificate,
         )
     tracker = ConnectionTracker()
     state.connections = tracker.__len__
@@ -153,10 +157,22 @@ async def serve_proxy(
             if secure:
                 assert tls_context is not None
                 tls = trio.SSLStream(stream, tls_context, server_side=True)
+                if state.current.plugins.certificate:
+                    _tag_peer(tls, peer)
                 try:
                     with trio.fail_after(opts.client_header_timeout):
                         await tls.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError):
+                except (
+                    trio.BrokenResourceError,
+                    trio.TooSlowError,
+                    ssl.SSLError,
+                    OSError,
+                ) as exc:
+                    if isinstance(exc.__cause__, ssl.SSLError):
+                        # TLS refused the handshake (no shared version, a certificate
+                        # plugin's rejection...): tell the client with the alert
+                        with trio.move_on_after(ALERT_SEND_TIMEOUT):
+                            await _send_pending_alert(tls, stream)
                     await trio.aclose_forcefully(stream)
                     return
                 sni = _server_name(tls)
@@ -283,6 +299,24 @@ async def _health_checks(ref: Callable[[], Any]) -> None:
         await run_health_checks(ref)
     except Exception:
         log.exception("active health checks stopped")
+
+
+async def _send_pending_alert(tls: trio.SSLStream[Any], stream: trio.SocketStream) -> None:
+    # trio's SSLStream drops what the TLS library wrote before the error (the alert): send it
+    outgoing = getattr(tls, "_outgoing", None)
+    data = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+    if data:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, OSError):
+            pass
+
+
+def _tag_peer(tls: trio.SSLStream[Any], peer: Any) -> None:
+    # for the certificate phase: the SNI callback sees the SSLObject, not the socket
+    obj = getattr(tls, "_ssl_object", None)
+    if obj is not None:
+        obj.gateway_peer = (str(peer[0]), int(peer[1]))
 
 
 def _server_name(tls: trio.SSLStream[Any]) -> str | None:

@@ -8,6 +8,14 @@ wildcard ``*.example.com``, then a trailing one ``example.*``, as Kong) and swit
 connection to that certificate's context. A config swap thus changes certificates without
 touching the listeners.
 
+Then, in the same callback, the certificate phase: the config's global plugins with a
+``certificate`` hook run by priority (``run_certificate_phase``). The stdlib callback is
+synchronous, and so is the hook. A plugin may pick another of the config's certificates or
+reject the handshake; the callback then returns a fatal alert (``handshake_failure``, or
+``internal_error`` when a plugin raised, as Kong aborts the handshake on an error). The
+callback keeps a plugin's exception in: the ``ssl`` module would only print it. Without
+such plugins the phase is one empty-tuple check.
+
 Upstream contexts (``tls_verify``, ``ca_certificates``, ``client_certificate``) are built on
 first use and cached per config version. ``tls_verify_depth`` is enforced right after the
 handshake on the verified chain (``gateway.proxy._pool.connect_upstream``): the stdlib
@@ -17,6 +25,7 @@ handshake on the verified chain (``gateway.proxy._pool.connect_upstream``): the 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import ssl
 import tempfile
@@ -29,14 +38,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway._errors import ConfigError
+from gateway.plugins import Handshake, Plugin
+from gateway.plugins._handshake import HandshakeRejected
 
 __all__ = [
     "CertificateStore",
     "UpstreamTLS",
     "context_from_pem",
     "listening_context",
+    "run_certificate_phase",
     "self_signed_pem",
 ]
+
+log = logging.getLogger("gateway.proxy")
 
 
 def self_signed_pem(common_name: str = "localhost") -> tuple[str, str]:
@@ -155,16 +169,54 @@ class CertificateStore:
         return self._certificates.get(cert_id)
 
 
+def run_certificate_phase(plugins: Sequence[Plugin], handshake: Handshake) -> int | None:
+    """Run each plugin's ``certificate`` hook in order; ``None`` lets the handshake go on,
+    else the TLS alert that ends it (a rejection or an exception stops the plugins after)."""
+    for plugin in plugins:
+        try:
+            plugin.certificate(handshake)
+        except HandshakeRejected as exc:
+            log.info(
+                "TLS handshake rejected by plugin %s: %s (server name %r, client %s)",
+                plugin.name,
+                exc.reason,
+                handshake.server_name,
+                _address(handshake.client_address),
+            )
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+        except Exception:
+            log.exception(
+                "plugin %s failed in the certificate phase; TLS handshake aborted "
+                "(server name %r, client %s)",
+                plugin.name,
+                handshake.server_name,
+                _address(handshake.client_address),
+            )
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+    return None
+
+
+def _address(address: tuple[str, int] | None) -> str:
+    return "unknown" if address is None else f"{address[0]}:{address[1]}"
+
+
 def listening_context(
     default_pairs: Sequence[tuple[str, str]],
     store: Callable[[], CertificateStore | None],
+    certificate_plugins: Callable[[], Sequence[Plugin]] = tuple,
 ) -> ssl.SSLContext:
-    """The context of ``ssl`` listeners: the default certificate plus SNI selection."""
+    """The context of ``ssl`` listeners: the default certificate plus SNI selection, then
+    the certificate phase of ``certificate_plugins()`` (read at each handshake).
+
+    The client's address reaches the plugins when the connection's ``SSLObject`` carries
+    it as ``gateway_peer`` (``gateway.proxy._serve`` sets it).
+    """
     if not default_pairs:
         default_pairs = [self_signed_pem()]
     ctx = context_from_pem(default_pairs)
 
-    def on_sni(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    def on_sni(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        current: CertificateStore | None = None
         if server_name:
             try:
                 sslobj.gateway_sni = server_name  # type: ignore[attr-defined]
@@ -174,6 +226,17 @@ def listening_context(
             chosen = current.context_for(server_name) if current is not None else None
             if chosen is not None:
                 sslobj.context = chosen
+        plugins = certificate_plugins()
+        if plugins:
+            if current is None:
+                current = store()
+            peer = getattr(sslobj, "gateway_peer", None)
+            handshake = Handshake(server_name, peer, current)
+            alert = run_certificate_phase(plugins, handshake)
+            if alert is not None:
+                return alert
+            if handshake.chosen is not None:
+                sslobj.context = handshake.chosen
         return None
 
     ctx.sni_callback = on_sni

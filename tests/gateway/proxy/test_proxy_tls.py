@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 import h11
+import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +21,7 @@ from proxy_support import (
     FakeSettings,
     Upstream,
     config,
+    plugin,
     reset_connections,
     route,
     service,
@@ -26,6 +29,10 @@ from proxy_support import (
     uid,
 )
 
+import gateway.proxy._pipeline as pipeline
+from gateway.plugins import Handshake, Plugin, get_plugin
+from gateway.proxy import compile_config
+from gateway.schema import Record
 from gateway.settings import ListenAddress
 
 
@@ -305,3 +312,181 @@ async def test_upstream_client_certificate(nursery: trio.Nursery) -> None:
     port, _ = await start_proxy(nursery, cfg)
     assert (await request(port, target="/with")).status == 200
     assert (await request(port, target="/without")).status == 502
+
+
+# -- the certificate phase ------------------------------------------------------------------
+
+HANDSHAKES: list[tuple[str, str | None, tuple[str, int] | None]] = []
+
+
+class HandshakePolicy(Plugin):
+    """Rejects the names of ``deny``, serves ``pick[name]`` (a certificate id), raises for
+    ``boom``; records each call."""
+
+    name = "test-handshake"
+    version = "1.0.0"
+    priority = 500
+    config_schema: ClassVar[Record] = Record([])
+
+    def certificate(self, handshake: Handshake) -> None:
+        HANDSHAKES.append(
+            (self.config.get("tag", ""), handshake.server_name, handshake.client_address)
+        )
+        name = handshake.server_name or ""
+        if name in self.config.get("deny", ()):
+            handshake.reject(f"{name} is not served here")
+        if name == self.config.get("boom"):
+            raise RuntimeError("certificate plugin bug")
+        pick = self.config.get("pick", {}).get(name)
+        if pick is not None:
+            handshake.use_certificate(pick)
+
+
+@pytest.fixture
+def handshake_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    HANDSHAKES.clear()
+    monkeypatch.setattr(
+        pipeline,
+        "get_plugin",
+        lambda name: HandshakePolicy if name == HandshakePolicy.name else get_plugin(name),
+    )
+
+
+async def handshake_cn(port: int, server_name: str | None) -> tuple[str, tuple[str, int]]:
+    """Only the handshake: the served certificate's CN and the client's address."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    local = tcp.socket.getsockname()
+    stream = trio.SSLStream(tcp, ctx, server_hostname=server_name)
+    try:
+        with trio.fail_after(5):
+            await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+        assert der is not None
+    finally:
+        await trio.aclose_forcefully(stream)
+    subject = x509.load_der_x509_certificate(der).subject
+    return str(subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value), (
+        str(local[0]),
+        int(local[1]),
+    )
+
+
+async def handshake_alert(port: int, server_name: str | None) -> str:
+    """The handshake must fail: the client's reason (names the alert it received)."""
+    with pytest.raises(trio.BrokenResourceError) as failed:
+        await handshake_cn(port, server_name)
+    cause = failed.value.__cause__
+    assert isinstance(cause, ssl.SSLError)
+    return str(cause.reason)
+
+
+async def start_tls_plugin_proxy(
+    nursery: trio.Nursery, **lists: Any
+) -> tuple[int, Any, dict[str, Any]]:
+    """A TLS proxy with ``lists`` added to a one-route config; the port, the state and the
+    config."""
+    up = Upstream()
+    await nursery.start(up.serve)
+    svc = service(up.port)
+    cfg = config(services=[svc], routes=[route(svc)], **lists)
+    settings = FakeSettings(proxy_listen=(ListenAddress(host="127.0.0.1", port=0, ssl=True),))
+    port, state = await start_proxy(nursery, cfg, settings=settings)
+    return port, state, cfg
+
+
+async def test_certificate_phase_rejects_a_server_name(
+    nursery: trio.Nursery, handshake_plugin: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _, _ = await start_tls_plugin_proxy(
+        nursery, plugins=[plugin("test-handshake", {"deny": ["blocked.test"]})]
+    )
+    with caplog.at_level(logging.INFO, logger="gateway.proxy"):
+        assert "HANDSHAKE_FAILURE" in await handshake_alert(port, "blocked.test")
+    assert "blocked.test is not served here" in caplog.text
+    cn, client = await handshake_cn(port, "other.test")
+    assert cn == "localhost"
+    # the plugin saw the name and the client's address; without SNI, None
+    assert HANDSHAKES[-1] == ("", "other.test", client)
+    assert (await handshake_cn(port, None))[0] == "localhost"
+    assert HANDSHAKES[-1][1] is None
+    _, data = await tls_get(port, "fine.test", None)
+    assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_certificate_phase_chooses_a_certificate(
+    nursery: trio.Nursery, handshake_plugin: None
+) -> None:
+    pki = Pki()
+    by_sni = cert_entity(pki.leaf("by-sni", dns=("a.test",)))
+    chosen = cert_entity(pki.leaf("chosen-by-plugin", dns=("b.test",)))
+    port, _, _ = await start_tls_plugin_proxy(
+        nursery,
+        certificates=[by_sni, chosen],
+        snis=[{"id": uid(), "name": "a.test", "certificate": {"id": by_sni["id"]}}],
+        plugins=[
+            plugin(
+                "test-handshake",
+                {"pick": {"a.test": chosen["id"], "b.test": chosen["id"], "c.test": uid()}},
+            )
+        ],
+    )
+    # the plugin's pick overrides SNI selection, and the default certificate
+    assert (await handshake_cn(port, "a.test"))[0] == "chosen-by-plugin"
+    assert (await handshake_cn(port, "b.test"))[0] == "chosen-by-plugin"
+    # a certificate the config does not hold: SNI selection stands (here the default)
+    assert (await handshake_cn(port, "c.test"))[0] == "localhost"
+    cn, data = await tls_get(port, "b.test", None)
+    assert cn == "chosen-by-plugin"
+    assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_certificate_phase_exception_fails_only_that_handshake(
+    nursery: trio.Nursery, handshake_plugin: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _, _ = await start_tls_plugin_proxy(
+        nursery, plugins=[plugin("test-handshake", {"boom": "boom.test"})]
+    )
+    for _ in range(3):
+        assert "INTERNAL_ERROR" in await handshake_alert(port, "boom.test")
+    assert "certificate plugin bug" in caplog.text
+    _, data = await tls_get(port, "fine.test", None)
+    assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_certificate_phase_runs_global_plugins_only(
+    nursery: trio.Nursery, handshake_plugin: None
+) -> None:
+    up = Upstream()
+    await nursery.start(up.serve)
+    svc = service(up.port)
+    r = route(svc)
+    cfg = config(
+        services=[svc],
+        routes=[r],
+        plugins=[
+            plugin("test-handshake", {"tag": "route", "deny": ["a.test"]}, route=r),
+        ],
+    )
+    settings = FakeSettings(proxy_listen=(ListenAddress(host="127.0.0.1", port=0, ssl=True),))
+    port, _ = await start_proxy(nursery, cfg, settings=settings)
+    cn, data = await tls_get(port, "a.test", None)
+    assert (cn, data[:15]) == ("localhost", b"HTTP/1.1 200 OK")
+    assert HANDSHAKES == []
+
+
+async def test_config_swap_changes_the_certificate_plugins(
+    nursery: trio.Nursery, handshake_plugin: None
+) -> None:
+    port, state, cfg = await start_tls_plugin_proxy(nursery)
+    assert (await handshake_cn(port, "a.test"))[0] == "localhost"
+    state.swap(
+        compile_config(
+            {**cfg, "plugins": [plugin("test-handshake", {"deny": ["a.test"]})]}, version=2
+        )
+    )
+    assert "HANDSHAKE_FAILURE" in await handshake_alert(port, "a.test")
+    state.swap(compile_config(cfg, version=3))
+    assert (await handshake_cn(port, "a.test"))[0] == "localhost"
