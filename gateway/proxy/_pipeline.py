@@ -80,7 +80,13 @@ class PluginTable:
                 errors.append(f"plugin {name!r} is not available on this node")
                 continue
             try:
-                instance = cls(dict(entity.get("config") or {}))
+                # the entity's id: state a plugin keeps across config versions (the
+                # rate-limiting counters) is keyed by it, so a config swap does not reset it
+                plugin_id = entity.get("id")
+                instance = cls(
+                    dict(entity.get("config") or {}),
+                    plugin_id=plugin_id if isinstance(plugin_id, str) else "",
+                )
             except Exception as exc:
                 errors.append(f"plugin {name!r} ({entity.get('id')}): {exc}")
                 continue

@@ -20,6 +20,7 @@ from proxy_support import (
 
 import gateway.proxy._pipeline as pipeline
 from gateway import ConfigError
+from gateway.declarative import validate_config
 from gateway.http import RequestHead
 from gateway.plugins import Context, Headers, Plugin, ServiceRequest, get_plugin
 from gateway.proxy import compile_config
@@ -309,3 +310,30 @@ async def test_requests_with_plugins_leave_no_reference_cycles(nursery: trio.Nur
         gc.set_debug(0)
         gc.garbage.clear()
     assert leaked == []
+
+
+async def test_a_config_swap_keeps_the_rate_limiting_counters(nursery: trio.Nursery) -> None:
+    # the plugin's counters are keyed by the plugin entity's id: a new config version (any
+    # change, as every sync brings) must not give clients a fresh allowance
+    up = await start_echo(nursery)
+    svc = service(up.port)
+    r = route(svc)
+    limiter = plugin("rate-limiting", {"minute": 2, "policy": "local"})
+    cfg = config(services=[svc], routes=[r], plugins=[limiter])
+    port, state = await start_proxy(nursery, validate_config(cfg))
+    assert [(await request(port)).status for _ in range(2)] == [200, 200]
+    other = service(up.port)
+    state.swap(
+        compile_config(
+            validate_config(config(services=[svc, other], routes=[r], plugins=[limiter])),
+            version=2,
+        )
+    )
+    reply = await request(port)
+    assert reply.status == 429
+    assert reply.header("x-ratelimit-remaining-minute") == "0"
+    # another instance (another id) with the same settings counts on its own
+    fresh = plugin("rate-limiting", {"minute": 2, "policy": "local"})
+    cfg = validate_config(config(services=[svc], routes=[r], plugins=[fresh]))
+    state.swap(compile_config(cfg, version=3))
+    assert (await request(port)).status == 200
