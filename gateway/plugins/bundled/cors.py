@@ -1,15 +1,19 @@
-"""cors: Cross-Origin Resource Sharing headers and preflight answers (Kong's options).
+r"""cors: Cross-Origin Resource Sharing headers and preflight answers (Kong's options).
 
-Preflight requests (``OPTIONS`` with ``Access-Control-Request-Method``) are answered here
-with 200 and the CORS headers, unless ``preflight_continue`` sends them upstream. Origins
-are matched exactly, or as anchored regular expressions when they contain characters other
-than letters, digits, ``.``, ``:``, ``/`` and ``-`` (Kong's rule).
+Preflight requests (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) are
+answered here with 200 and the CORS headers, unless ``preflight_continue`` sends them
+upstream, whose answer then goes back untouched (as Kong). Origins are matched exactly, or as
+anchored regular expressions when they contain characters other than letters, digits, ``.``,
+``:``, ``/`` and ``-`` (Kong's rule); a regular expression without ``:`` is matched against
+the origin's host alone (Kong's ``by_host``), so ``(a|b)\.example\.com`` allows
+``https://a.example.com``.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from gateway.plugins._api import Context
 from gateway.plugins._plugin import Plugin
@@ -36,6 +40,23 @@ def _normalise_origin(origin: str) -> str:
         if origin.startswith(scheme) and origin.endswith(port):
             return origin[: -len(port)]
     return origin
+
+
+def _is_preflight(ctx: Context) -> bool:
+    req = ctx.request
+    return (
+        req.method == "OPTIONS"
+        and bool(req.headers.get("origin"))
+        and bool(req.headers.get("access-control-request-method"))
+    )
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host of an origin (``https://a.example.com:8443`` -> ``a.example.com``)."""
+    try:
+        return urlsplit(origin).hostname or origin.lower()
+    except ValueError:
+        return None
 
 
 class Cors(Plugin):
@@ -65,7 +86,10 @@ class Cors(Plugin):
         origins: list[str] = config.get("origins") or []
         self.any_origin = not origins or "*" in origins
         self.exact = {_normalise_origin(o) for o in origins if _PLAIN.match(o)}
-        self.patterns = [re.compile(o) for o in origins if o != "*" and not _PLAIN.match(o)]
+        #: (pattern, matched against the host only)
+        self.patterns = [
+            (re.compile(o), ":" not in o) for o in origins if o != "*" and not _PLAIN.match(o)
+        ]
 
     def _allowed_origin(self, ctx: Context) -> tuple[str | None, bool]:
         """``(Access-Control-Allow-Origin value, vary_on_origin)``."""
@@ -78,8 +102,11 @@ class Cors(Plugin):
             return None, True
         if _normalise_origin(origin) in self.exact:
             return origin, True
-        for pattern in self.patterns:
-            if pattern.fullmatch(origin):
+        host: str | None = None
+        for pattern, by_host in self.patterns:
+            if by_host and host is None:
+                host = _origin_host(origin)
+            if pattern.fullmatch(host if by_host and host is not None else origin):
                 return origin, True
         return None, True
 
@@ -96,8 +123,11 @@ class Cors(Plugin):
 
     async def access(self, ctx: Context) -> None:
         req = ctx.request
-        if req.method != "OPTIONS" or not req.headers.get("access-control-request-method"):
+        if not _is_preflight(ctx):
             return
+        # the response gets no header from header_filter: answered here, or (preflight
+        # continue) the service's answer is its own
+        ctx.shared["cors.preflight"] = True
         if self.config["preflight_continue"]:
             return
         headers = self._common(ctx)
@@ -123,10 +153,8 @@ class Cors(Plugin):
         response = ctx.response
         if response is None:
             return
-        req = ctx.request
-        preflight = req.method == "OPTIONS" and req.headers.get("access-control-request-method")
-        if preflight and not self.config["preflight_continue"]:
-            return  # answered in access
+        if ctx.shared.get("cors.preflight"):
+            return
         for name, value in self._common(ctx).items():
             if name == "Vary":
                 existing = response.headers.get("vary")

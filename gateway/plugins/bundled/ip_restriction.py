@@ -71,5 +71,5 @@ class IpRestriction(Plugin):
 
     def _refuse(self, ctx: Context) -> None:
         status = self.config.get("status") or 403
-        message = self.config.get("message") or "IP address not allowed"
+        message = self.config.get("message") or "Your IP address is not allowed"
         ctx.exit(status, {"message": message})

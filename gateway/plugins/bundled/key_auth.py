@@ -9,8 +9,11 @@ failures authenticate the anonymous consumer instead (Kong's "logical OR" setups
 from __future__ import annotations
 
 import json
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.policy import HTTP
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 from gateway._forms import parse_multipart
 from gateway.plugins._api import Context
@@ -55,8 +58,10 @@ class KeyAuth(Plugin):
         conf = self.config
         if ctx.request.method == "OPTIONS" and not conf["run_on_preflight"]:
             return
-        if ctx.consumer is not None and conf["anonymous"]:
-            return  # already authenticated by another plugin ("logical OR")
+        if ctx.credential is not None and conf["anonymous"]:
+            # already authenticated by another plugin ("logical OR"); as Kong, a consumer
+            # without a credential (another plugin's anonymous) does not count
+            return
         for name in _CONSUMER_HEADERS:
             ctx.service_request.headers.remove(name)
         key, where = await self._find_key(ctx)
@@ -103,8 +108,9 @@ class KeyAuth(Plugin):
         if conf["key_in_query"]:
             lowered = {n.lower() for n in names}
             for k, v in ctx.service_request.query:
-                if k.lower() in lowered and v:
-                    return v, ("query", k)
+                # the query is kept as the client encoded it; keys are compared decoded
+                if v and unquote_plus(k).lower() in lowered:
+                    return unquote_plus(v), ("query", unquote_plus(k))
         if conf["key_in_body"]:
             body = await _read_body_fields(ctx)
             for name in names:
@@ -116,21 +122,27 @@ class KeyAuth(Plugin):
     def _hide(self, ctx: Context, where: tuple[str, str] | None) -> None:
         if where is None:
             return
+        # As Kong, the key's name goes from the headers and the query string whichever
+        # held it: a copy sent both ways must not reach the service either.
         kind, name = where
-        if kind == "header":
-            ctx.service_request.headers.remove(name)
-        elif kind == "query":
-            ctx.service_request.query = [(k, v) for k, v in ctx.service_request.query if k != name]
-        else:
+        lowered = name.lower()
+        request = ctx.service_request
+        request.headers.remove(name)
+        request.query = [(k, v) for k, v in request.query if unquote_plus(k).lower() != lowered]
+        if kind == "body":
             body = ctx.shared.get("key_auth.body")
-            ctype = (ctx.request.headers.get("content-type") or "").lower()
+            content_type = ctx.request.headers.get("content-type") or ""
+            ctype = content_type.lower()
             if isinstance(body, dict):
                 body.pop(name, None)
                 if "json" in ctype:
-                    ctx.service_request.body = json.dumps(body).encode()
+                    request.body = json.dumps(body).encode()
+                elif "multipart/form-data" in ctype:
+                    # the other parts (files too) go on as they came, in the same encoding
+                    request.body = _drop_multipart_field(content_type, request.body or b"", name)
                 else:
-                    ctx.service_request.body = urlencode(body).encode()
-                ctx.service_request.headers.remove("content-length")
+                    request.body = urlencode(body).encode()
+                request.headers.remove("content-length")
 
 
 def _expired(credential: dict[str, Any], now: float) -> bool:
@@ -177,3 +189,24 @@ async def _read_body_fields(ctx: Context) -> dict[str, Any]:
         fields = {}
     ctx.shared["key_auth.body"] = fields
     return fields
+
+
+def _drop_multipart_field(content_type: str, raw: bytes, name: str) -> bytes:
+    """``raw`` without the parts named ``name``; the other parts byte for byte."""
+    holder = EmailMessage()
+    holder["content-type"] = content_type
+    boundary = holder.get_boundary()
+    if not boundary:
+        return raw
+    delimiter = b"--" + boundary.encode("latin-1")
+    parts = raw.split(delimiter)
+    # parts[0] is the preamble, the last one starts with "--" (the close delimiter)
+    kept = [parts[0]]
+    for part in parts[1:]:
+        head = part.split(b"\r\n\r\n", 1)[0]
+        if not part.startswith(b"--"):
+            disposition = BytesHeaderParser(policy=HTTP).parsebytes(head.lstrip(b"\r\n"))
+            if disposition.get_param("name", header="content-disposition") == name:
+                continue
+        kept.append(part)
+    return delimiter.join(kept)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
 
 from gateway.plugins._api import Context
 from gateway.plugins._plugin import Plugin
@@ -26,6 +26,8 @@ from gateway.plugins.bundled._transform import (
 from gateway.schema import Record, String
 
 _BODY_LIMIT = 8 * 1024 * 1024
+# RFC 3986 pchar and "/" (letters, digits and "-._~" are always safe), and "%"
+_PATH_SAFE = "/%:@!$&'()*+,;="
 
 
 class RequestTransformer(Plugin):
@@ -81,7 +83,14 @@ class RequestTransformer(Plugin):
             if src == "headers":
                 return ctx.request.headers.get(key)
             if src == "query_params":
-                return next((v for k, v in ctx.service_request.query if k == key and v), None)
+                return next(
+                    (
+                        unquote_plus(v)
+                        for k, v in ctx.service_request.query
+                        if v and unquote_plus(k) == key
+                    ),
+                    None,
+                )
             if src == "uri_captures":
                 return captures.get(key)
             value = ctx.shared.get(key)
@@ -98,28 +107,32 @@ class RequestTransformer(Plugin):
         # headers
         h = req.headers
         apply_headers(h, conf, lookup)
-        # query string
+        # query string: kept as the client encoded it, so names are compared decoded and
+        # what the plugin writes is encoded (as Kong's ngx.encode_args): a value taken from
+        # a header cannot add a parameter or break the request line
         q: list[tuple[str, str | None]] = list(req.query)
         removed = set(conf["remove"]["querystring"])
-        q = [(k, v) for k, v in q if k not in removed]
+        q = [(k, v) for k, v in q if unquote_plus(k) not in removed]
         for entry in conf["rename"]["querystring"]:
             old, new = split_pair(entry)
-            q = [(new if k == old else k, v) for k, v in q]
+            q = [(quote(new, safe="") if unquote_plus(k) == old else k, v) for k, v in q]
         for entry in conf["replace"]["querystring"]:
             name, value = split_pair(entry)
-            if any(k == name for k, _ in q):
-                rendered = render(value, lookup)
-                q = [(k, rendered if k == name else v) for k, v in q]
+            if any(unquote_plus(k) == name for k, _ in q):
+                rendered = quote(render(value, lookup), safe="")
+                q = [(k, rendered if unquote_plus(k) == name else v) for k, v in q]
         for entry in conf["add"]["querystring"]:
             name, value = split_pair(entry)
-            if not any(k == name for k, _ in q):
-                q.append((name, render(value, lookup)))
+            if not any(unquote_plus(k) == name for k, _ in q):
+                q.append((quote(name, safe=""), quote(render(value, lookup), safe="")))
         for entry in conf["append"]["querystring"]:
             name, value = split_pair(entry)
-            q.append((name, render(value, lookup)))
+            q.append((quote(name, safe=""), quote(render(value, lookup), safe="")))
         req.query = q
         if conf["replace"].get("uri"):
-            req.path = render(conf["replace"]["uri"], lookup)
+            # what a template put in the path is escaped where a path cannot hold it (a
+            # space, "?", "#"), escapes already there are kept
+            req.path = quote(render(conf["replace"]["uri"], lookup), safe=_PATH_SAFE)
         if any(conf[op]["body"] for op in ("remove", "rename", "replace", "add", "append")):
             await self._transform_body(ctx, lookup)
 

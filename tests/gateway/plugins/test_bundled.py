@@ -96,6 +96,24 @@ async def test_key_auth_anonymous_consumer() -> None:
     assert ctx.service_request.headers.get("x-anonymous-consumer") == "true"
 
 
+async def test_key_auth_logical_or_skips_only_after_a_real_credential() -> None:
+    anon = {"id": "anon", "username": "anonymous", "custom_id": None}
+    entities = Entities(consumers=[CONSUMER, anon], keyauth_credentials=[CRED])
+    plugin = make_plugin("key-auth", {"anonymous": "anonymous"})
+    # an earlier auth plugin fell back to the anonymous consumer: the key still counts
+    ctx = make_ctx(headers={"apikey": "secret"}, entities=entities)
+    ctx.authenticate(anon, None)
+    assert await run_access(plugin, ctx) is None
+    assert ctx.consumer == CONSUMER
+    assert ctx.credential == CRED
+    # an earlier plugin authenticated with a credential: key-auth has nothing to do
+    other = {"id": "other-cred"}
+    ctx = make_ctx(entities=entities)
+    ctx.authenticate(CONSUMER, other)
+    assert await run_access(plugin, ctx) is None
+    assert ctx.credential == other
+
+
 async def test_key_auth_unknown_anonymous_is_500() -> None:
     plugin = make_plugin("key-auth", {"anonymous": "ghost"})
     exit_ = await run_access(plugin, make_ctx(entities=ENTITIES))
@@ -243,7 +261,7 @@ async def test_ip_restriction_allow_and_deny() -> None:
     assert await run_access(plugin, make_ctx(client_ip="10.1.2.3")) is None
     denied = await run_access(plugin, make_ctx(client_ip="10.0.0.5"))
     assert denied is not None
-    assert (denied.status, denied.body) == (403, {"message": "IP address not allowed"})
+    assert (denied.status, denied.body) == (403, {"message": "Your IP address is not allowed"})
     outside = await run_access(plugin, make_ctx(client_ip="192.168.1.1"))
     assert outside is not None
 

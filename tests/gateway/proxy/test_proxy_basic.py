@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import select
@@ -14,8 +13,11 @@ import pytest
 import trio
 from proxy_support import (
     Client,
+    Reply,
     Upstream,
     config,
+    echo,
+    plugin,
     raw_exchange,
     request,
     route,
@@ -25,8 +27,11 @@ from proxy_support import (
     status_of,
 )
 
+from gateway.declarative import validate_config
 from gateway.http import BACKENDS as ALL_BACKENDS
-from gateway.proxy import compile_config
+from gateway.proxy import CompiledConfig, compile_config
+
+HeaderPairs = list[tuple[bytes, bytes]]
 
 BACKENDS = pytest.mark.parametrize("backend", ALL_BACKENDS)
 
@@ -490,41 +495,128 @@ async def test_websocket_upgrade_passthrough(nursery: trio.Nursery) -> None:
     assert (await request(port, target="/ws")).status == 404
 
 
+def tagged(name: str) -> Upstream:
+    """An echo upstream that signs its answers (``x-upstream: <name>``)."""
+
+    async def handler(req: h11.Request, body: bytes) -> tuple[int, HeaderPairs, bytes]:
+        status, headers, content = await echo(req, body)
+        return status, [*headers, (b"x-upstream", name.encode())], content
+
+    return Upstream(handler)
+
+
+def versioned_config(version: int, a: Upstream, b: Upstream) -> dict[str, Any]:
+    """Version ``version``: odd versions go to ``a``, even ones to ``b``, under ``/v<n>``;
+    the response carries ``x-config: <n>`` (a plugin of that version adds it)."""
+    svc = service((a if version % 2 else b).port, path=f"/v{version}")
+    tag = plugin("response-transformer", {"add": {"headers": [f"x-config:{version}"]}})
+    return validate_config(config(services=[svc], routes=[route(svc)], plugins=[tag]))
+
+
+def compiled_version(version: int, a: Upstream, b: Upstream) -> CompiledConfig:
+    return compile_config(versioned_config(version, a, b), version=version)
+
+
 @pytest.mark.slow
 async def test_config_swaps_under_load_fail_no_request(nursery: trio.Nursery) -> None:
-    up = await start_echo(nursery)
-    cfg = simple_config(up.port)
-    port, state = await start_proxy(nursery, cfg)
+    a, b = tagged("a"), tagged("b")
+    await nursery.start(a.serve)
+    await nursery.start(b.serve)
+    port, state = await start_proxy(nursery, versioned_config(1, a, b))
+    last = 40
     failures: list[Any] = []
-    done = 0
+    seen: set[int] = set()
+    per_client: list[int] = []
+    swapping_done = trio.Event()
 
     async def client_loop() -> None:
-        nonlocal done
         client = await Client.open(port)
-        for _ in range(60):
+        count = 0
+        previous = 0
+        while not swapping_done.is_set() or count < 10:
             reply = await client.request("GET", "/x")
+            count += 1
             if reply.status != 200:
                 failures.append(reply.status)
-            done += 1
+                continue
+            # each answer is wholly one version: its upstream, its path, its plugin
+            target = reply.json()["target"]
+            version = int(target.split("/")[1][1:])
+            expected = ("a" if version % 2 else "b", f"/v{version}/x", str(version))
+            got = (reply.header("x-upstream"), target, reply.header("x-config"))
+            if got != expected or version < previous:
+                failures.append((previous, got))
+            previous = version
+            seen.add(version)
+        per_client.append(count)
         await client.aclose()
 
     async def swapper() -> None:
-        for version in range(2, 60):
-            svc = service(up.port, path=f"/v{version}")
-            new = config(services=[svc], routes=[route(svc)])
-            compiled = await trio.to_thread.run_sync(
-                functools.partial(compile_config, new, version=version)
-            )
+        for version in range(2, last + 1):
+            compiled = await trio.to_thread.run_sync(compiled_version, version, a, b)
             state.swap(compiled)
-            await trio.sleep(0.005)
+            # the next version only once a request has run on this one
+            with trio.fail_after(5):
+                while version not in seen:
+                    await trio.sleep(0.001)
+        swapping_done.set()
 
     async with trio.open_nursery() as load:
         for _ in range(8):
             load.start_soon(client_loop)
         load.start_soon(swapper)
     assert failures == []
-    assert done == 480
-    assert state.current.version == 59
+    assert seen == set(range(1, last + 1)) or seen == set(range(2, last + 1))
+    assert len(per_client) == 8
+    assert min(per_client) >= 10
+    assert a.requests + b.requests == sum(per_client)
+    assert a.requests > 0
+    assert b.requests > 0
+    assert state.current.version == last
+
+
+async def test_a_request_in_flight_finishes_on_its_config(nursery: trio.Nursery) -> None:
+    arrived, release = trio.Event(), trio.Event()
+
+    async def slow(req: h11.Request, body: bytes) -> tuple[int, HeaderPairs, bytes]:
+        arrived.set()
+        await release.wait()
+        status, headers, content = await echo(req, body)
+        return status, [*headers, (b"x-upstream", b"a")], content
+
+    a, b = Upstream(slow), tagged("b")
+    await nursery.start(a.serve)
+    await nursery.start(b.serve)
+    port, state = await start_proxy(nursery, versioned_config(1, a, b))
+    first = await Client.open(port)
+    replies: list[Reply] = []
+
+    async def in_flight() -> None:
+        replies.append(await first.request("GET", "/slow"))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(in_flight)
+        with trio.fail_after(5):
+            await arrived.wait()
+        state.swap(compiled_version(2, a, b))
+        # the new config serves new requests while the first one is still waiting
+        now = await request(port, "GET", "/fast")
+        assert (now.header("x-upstream"), now.json()["target"]) == ("b", "/v2/fast")
+        assert now.header("x-config") == "2"
+        assert replies == []
+        release.set()
+    # the first request ran on version 1 to its end: upstream, path, and the plugins of
+    # its response (header_filter ran after the swap)
+    (old,) = replies
+    assert old.status == 200
+    assert (old.header("x-upstream"), old.json()["target"]) == ("a", "/v1/slow")
+    assert old.header("x-config") == "1"
+    # the next request on the same connection is on version 2
+    after = await first.request("GET", "/next")
+    assert (after.header("x-upstream"), after.json()["target"]) == ("b", "/v2/next")
+    assert after.header("x-config") == "2"
+    await first.aclose()
+    assert (a.requests, b.requests) == (1, 2)
 
 
 async def test_connect_timeout_is_504() -> None:
