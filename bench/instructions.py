@@ -187,7 +187,7 @@ def main() -> None:
         wait_port(up_port)
         px_port = free_port()
         (tmp / "proxy.conf").write_text(
-            NGINX_PROXY_SINGLE.format(dir=tmp, port=px_port, upstream=up_port)
+            NGINX_PROXY_SINGLE.format(dir=tmp, port=px_port, upstream=up_port, workers=1)
         )
         nginx_cmd = [
             shutil.which("nginx") or "nginx",
