@@ -262,7 +262,9 @@ def _query_arg(query: Mapping[str, str | Sequence[str]] | None, name: object) ->
 
 
 def hash_cookie_header(cookie: Mapping[str, str]) -> str:
-    """The `Set-Cookie` value Kong sends for a generated hash cookie (attributes as Kong's)."""
+    """The `Set-Cookie` value Kong sends for a generated hash cookie (attributes as Kong 3's
+    `set_cookie`; `Same-Site` is Kong's spelling, which browsers ignore as an unknown
+    attribute: kept so that clients see the same header from both)."""
     path = cookie.get("path") or "/"
     return f"{cookie['key']}={cookie['value']}; Path={path}; Same-Site=Lax; HttpOnly"
 

@@ -58,7 +58,7 @@ from gateway.plugins import (
     Response,
     ServiceRequest,
 )
-from gateway.proxy._balancer import Balancer, TargetAddress, hash_key_for
+from gateway.proxy._balancer import Balancer, TargetAddress, hash_cookie_header, hash_key_for
 from gateway.proxy._errors import UpstreamFailure, error_body
 from gateway.proxy._pipeline import EMPTY_PLAN, PluginPlan
 from gateway.proxy._pool import ConnectionPool, UpstreamConnection, connect_upstream
@@ -276,6 +276,7 @@ class _Exchange:
         "plan",
         "query",
         "scheme",
+        "set_cookie",
         "started",
         "trusted",
         "upstream_latency",
@@ -300,6 +301,8 @@ class _Exchange:
         self.forwarded_ip = ""
         self.trusted = False
         self.ws = False
+        # the Set-Cookie of a hash cookie the balancer generated (hash_on = "cookie")
+        self.set_cookie: bytes | None = None
 
 
 class ProxyHandler:
@@ -747,20 +750,26 @@ class ProxyHandler:
 
     def _hash_key(self, ex: _Exchange, balancer: Balancer, match: RouteMatch) -> str | None:
         ctx = ex.ctx
+        upstream = balancer.upstream
+        kinds = (upstream.get("hash_on"), upstream.get("hash_fallback"))
         consumer = ctx.consumer if ctx is not None else None
         credential = ctx.credential if ctx is not None else None
+        # the query and the cookies are parsed only for the hash inputs that read them
         query: dict[str, list[str]] = {}
-        for part in ex.query.split("&") if ex.query else ():
-            name, _, value = part.partition("=")
-            query.setdefault(name, []).append(value)
+        if "query_arg" in kinds and ex.query:
+            for part in ex.query.split("&"):
+                name, _, value = part.partition("=")
+                query.setdefault(name, []).append(value)
         cookies: dict[str, str] = {}
-        cookie = _header(ex.head.headers, b"cookie")
-        if cookie:
-            for item in cookie.decode("latin-1").split(";"):
-                name, _, value = item.strip().partition("=")
-                cookies[name] = value
-        key, _cookie = hash_key_for(
-            balancer.upstream,
+        if "cookie" in kinds:
+            for k, v in ex.head.headers:
+                if k == b"cookie":
+                    for item in v.decode("latin-1").split(";"):
+                        name, eq, value = item.strip().partition("=")
+                        if eq:
+                            cookies.setdefault(name, value)
+        key, cookie = hash_key_for(
+            upstream,
             consumer_id=consumer.get("id") if consumer else None,
             credential_id=credential.get("id") if credential else None,
             client_ip=ex.forwarded_ip,
@@ -770,6 +779,10 @@ class ProxyHandler:
             query=query,
             uri_captures=match.uri_captures,
         )
+        if cookie is not None:
+            # as Kong: the client gets the generated cookie, so its next requests stick to
+            # the target this one hashes to
+            ex.set_cookie = hash_cookie_header(cookie).encode("latin-1")
         return key
 
     async def _exchange(
@@ -919,6 +932,8 @@ class ProxyHandler:
             headers.append((b"x-gateway-upstream-latency", b"%d" % ex.upstream_latency))
             proxy_ms = int((ex.upstream_started - ex.started) * 1000)
             headers.append((b"x-gateway-proxy-latency", b"%d" % proxy_ms))
+        if ex.set_cookie is not None:
+            _add_hash_cookie(headers, ex.set_cookie)
         status = resp.status
         if ex.ctx is not None and ex.plan.header_filter:
             status, headers = self._header_filter(ex, status, headers, "service")
@@ -995,6 +1010,8 @@ class ProxyHandler:
         ]
         if self.options.via:
             headers.append((b"via", VIA))
+        if ex.set_cookie is not None:
+            _add_hash_cookie(headers, ex.set_cookie)
         conn.write(encode_response_head(101, resp.reason, headers))
         if upstream_rest:
             conn.write(upstream_rest)
@@ -1028,6 +1045,17 @@ class ProxyHandler:
         finally:
             self.pool.discard(upstream)
             conn.body_done = True
+
+
+def _add_hash_cookie(headers: HeaderList, set_cookie: bytes) -> None:
+    """Add the balancer's hash cookie to a response; as Kong, it replaces the upstream's
+    Set-Cookie of the same name instead of sending the name twice."""
+    prefix = set_cookie[: set_cookie.index(b"=") + 1]
+    for i, (name, value) in enumerate(headers):
+        if name == b"set-cookie" and value.startswith(prefix):
+            headers[i] = (name, set_cookie)
+            return
+    headers.append((b"set-cookie", set_cookie))
 
 
 def _encode_query(query: Sequence[tuple[str, str | None]]) -> str:
