@@ -4,9 +4,10 @@ Theory of operation (one task per client connection, requests in order):
 
 1. ``state.current`` is read once: the whole request runs on that config version.
 2. Global ``rewrite`` plugins, then the router. No route -> 404; an https-only route over
-   http -> its ``https_redirect_status_code``; a route without service -> 503.
+   http -> its ``https_redirect_status_code``.
 3. The plugin plan for (route, service) and the ``access`` phase (``_pipeline`` explains the
-   consumer re-resolution). ``ctx.exit`` -> that response; a plugin exception -> 500.
+   consumer re-resolution). ``ctx.exit`` -> that response; a plugin exception -> 500. Then
+   a route without service -> 503 (after its plugins, as Kong).
 4. The upstream leg: a target (balancer or the service host), a pooled or new connection,
    our own framing and hop-by-hop stripping, the request body streamed with backpressure
    (or the body a plugin buffered or replaced). Connect failures are retried up to
@@ -458,11 +459,8 @@ class ProxyHandler:
             await self._redirect(conn, ex, match.redirect_status)
             return
         service = match.service
-        if service is None:
-            await self._error(conn, ex, 503, "no Service found with those values")
-            return
         route_id: str | None = match.route.get("id")
-        service_id: str | None = service.get("id")
+        service_id: str | None = service.get("id") if service is not None else None
         plan = plugins.static_plan(route_id, service_id)
         if plan is None or plan.instances or ex.ctx is not None:
             ctx = ex.ctx if ex.ctx is not None else self._context(conn, ex)
@@ -471,6 +469,11 @@ class ProxyHandler:
             ctx.service = service
             ctx.service_request.path = match.upstream_path
             ex.plan = await self._access(ctx, ex, plan, route_id, service_id)
+        if service is None:
+            # as Kong, after the access phase: a plugin on a route without service (an
+            # authentication, a termination) answers first
+            await self._error(conn, ex, 503, "no Service found with those values")
+            return
         await self._proxy(conn, ex, match, service)
 
     async def _access(
