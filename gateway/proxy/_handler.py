@@ -244,6 +244,16 @@ def _header(raw: HeaderList, name: bytes) -> bytes | None:
     return None
 
 
+def _server_name_of(host: str) -> str:
+    """The TLS server name for a Host value: without its port or IPv6 brackets, as nginx's
+    ``proxy_ssl_name`` (the name it sends and verifies). Empty for an empty Host."""
+    if host and host[-1] != "]" and ":" in host:
+        host = host.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
 def _valid_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -660,8 +670,6 @@ class ProxyHandler:
         head = ex.head
         ctx = ex.ctx
         plan = cfg.service_plan(service)
-        s_host = plan.host
-        s_port = plan.port
         https = plan.https
         balancer = plan.balancer
         method = ctx.service_request.method if ctx is not None else head.method
@@ -679,6 +687,16 @@ class ProxyHandler:
         hash_key: str | None = None
         if balancer is not None and (balancer.upstream.get("hash_on") or "none") != "none":
             hash_key = self._hash_key(ex, balancer, match)
+        # Host and the TLS server name, as Kong's set_host_header and nginx's
+        # `proxy_ssl_name $upstream_host`: the client's Host with preserve_host, else the
+        # chosen target's precomputed values (upstream.host_header, or the target's host),
+        # so a retry on another target names that target
+        preserved: bytes | None = None
+        preserved_name = ""
+        if match.preserve_host:
+            preserved = head.host.encode("latin-1")
+            if https:
+                preserved_name = _server_name_of(head.host)
         tried: list[TargetAddress] = []
         ex.upstream_started = time.perf_counter()
         attempt = 0
@@ -687,18 +705,19 @@ class ProxyHandler:
                 picked = balancer.select(hash_key, exclude=tried)
                 if picked is None:
                     raise UpstreamFailure(503, "failure to get a peer from the ring-balancer")
-                host, port = picked.host, picked.port
-                name = balancer.host_header or s_host
+                address = picked
             else:
                 picked = None
-                host, port, name = s_host, s_port, s_host
-            if match.preserve_host:
-                host_header = head.host.encode("latin-1")
+                address = plan.address
+            host, port = address.host, address.port
+            if preserved is None:
+                host_header = address.host_values[https]
+                server_name = address.server_name
             else:
-                default_port = 443 if https else 80
-                hh = name if port == default_port else f"{name}:{port}"
-                host_header = hh.encode("latin-1")
-            key = (host, port, tls_key, name if https else None)
+                host_header = preserved
+                server_name = preserved_name or address.server_name
+            # the pool key names the server name: a connection is never reused for another
+            key = (host, port, tls_key, server_name if https else None)
             upstream = self.pool.acquire(key)
             if upstream is None:
                 try:
@@ -706,7 +725,7 @@ class ProxyHandler:
                         host,
                         port,
                         ssl_context=ssl_context,
-                        server_hostname=name,
+                        server_hostname=server_name,
                         connect_timeout=connect_timeout,
                         verify_depth=plan.verify_depth,
                     )
