@@ -71,13 +71,50 @@ _EWMA_DECAY = 10.0  # seconds, Kong's latency balancer
 _EMPTY: frozenset[int] = frozenset()
 
 
+def _server_name(target: TargetAddress) -> str:
+    name = target.hostname
+    return name[1:-1] if name.startswith("[") and name.endswith("]") else name
+
+
+def _host_values(target: TargetAddress) -> tuple[bytes, bytes]:
+    name = target.hostname
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    port = target.port
+    bare = name.encode("latin-1")
+    with_port = f"{name}:{port}".encode("latin-1")
+    return (bare if port == 80 else with_port, bare if port == 443 else with_port)
+
+
 @attrs.frozen(cache_hash=True)
 class TargetAddress:
-    """One target of an upstream. `host` is bare (IPv6 without brackets)."""
+    """One target of an upstream. `host` is bare (IPv6 without brackets).
+
+    `hostname` is the name the proxy gives the target, Kong's `balancer_data.hostname`: the
+    upstream's `host_header` when it has one, else `host`. What the proxy sends derives from
+    it once, when the balancer is built, so a request only reads attributes:
+
+    * `host_values`: the `Host` header, `[0]` for `http` (and `ws`, `grpc`) services, `[1]`
+      for `https` (and `wss`, `grpcs`, `tls`): `hostname`, with `:port` unless the port is
+      that scheme's default (80, 443), as Kong's `set_host_header`;
+    * `server_name`: the TLS server name (SNI) and the name the certificate is verified
+      against, `hostname` without a port, as nginx's `proxy_ssl_name $upstream_host`.
+
+    None of these are part of the target's identity (equality, hash).
+    """
 
     host: str
     port: int
     weight: int = _DEFAULT_WEIGHT
+    hostname: str = attrs.field(
+        default=attrs.Factory(lambda self: self.host, takes_self=True), eq=False, repr=False
+    )
+    server_name: str = attrs.field(
+        init=False, default=attrs.Factory(_server_name, takes_self=True), eq=False, repr=False
+    )
+    host_values: tuple[bytes, bytes] = attrs.field(
+        init=False, default=attrs.Factory(_host_values, takes_self=True), eq=False, repr=False
+    )
 
     @property
     def name(self) -> str:
@@ -262,7 +299,9 @@ def _query_arg(query: Mapping[str, str | Sequence[str]] | None, name: object) ->
 
 
 def hash_cookie_header(cookie: Mapping[str, str]) -> str:
-    """The `Set-Cookie` value Kong sends for a generated hash cookie (attributes as Kong's)."""
+    """The `Set-Cookie` value Kong sends for a generated hash cookie (attributes as Kong 3's
+    `set_cookie`; `Same-Site` is Kong's spelling, which browsers ignore as an unknown
+    attribute: kept so that clients see the same header from both)."""
     path = cookie.get("path") or "/"
     return f"{cookie['key']}={cookie['value']}; Path={path}; Same-Site=Lax; HttpOnly"
 
@@ -380,7 +419,9 @@ class Balancer:
             weight = entity.get("weight")
             if not isinstance(weight, int) or isinstance(weight, bool):
                 weight = _DEFAULT_WEIGHT
-            address = TargetAddress(host, port, max(0, min(65535, weight)))
+            address = TargetAddress(
+                host, port, max(0, min(65535, weight)), hostname=self.host_header or host
+            )
             entities.pop(address.name, None)
             entities[address.name] = (address, entity)
         self._targets = tuple(a for a, _ in entities.values())

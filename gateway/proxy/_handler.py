@@ -4,9 +4,10 @@ Theory of operation (one task per client connection, requests in order):
 
 1. ``state.current`` is read once: the whole request runs on that config version.
 2. Global ``rewrite`` plugins, then the router. No route -> 404; an https-only route over
-   http -> its ``https_redirect_status_code``; a route without service -> 503.
+   http -> its ``https_redirect_status_code``.
 3. The plugin plan for (route, service) and the ``access`` phase (``_pipeline`` explains the
-   consumer re-resolution). ``ctx.exit`` -> that response; a plugin exception -> 500.
+   consumer re-resolution). ``ctx.exit`` -> that response; a plugin exception -> 500. Then
+   a route without service -> 503 (after its plugins, as Kong).
 4. The upstream leg: a target (balancer or the service host), a pooled or new connection,
    our own framing and hop-by-hop stripping, the request body streamed with backpressure
    (or the body a plugin buffered or replaced). Connect failures are retried up to
@@ -58,7 +59,7 @@ from gateway.plugins import (
     Response,
     ServiceRequest,
 )
-from gateway.proxy._balancer import Balancer, TargetAddress, hash_key_for
+from gateway.proxy._balancer import Balancer, TargetAddress, hash_cookie_header, hash_key_for
 from gateway.proxy._errors import UpstreamFailure, error_body
 from gateway.proxy._pipeline import EMPTY_PLAN, PluginPlan
 from gateway.proxy._pool import ConnectionPool, UpstreamConnection, connect_upstream
@@ -243,6 +244,16 @@ def _header(raw: HeaderList, name: bytes) -> bytes | None:
     return None
 
 
+def _server_name_of(host: str) -> str:
+    """The TLS server name for a Host value: without its port or IPv6 brackets, as nginx's
+    ``proxy_ssl_name`` (the name it sends and verifies). Empty for an empty Host."""
+    if host and host[-1] != "]" and ":" in host:
+        host = host.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
 def _valid_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -276,6 +287,7 @@ class _Exchange:
         "plan",
         "query",
         "scheme",
+        "set_cookie",
         "started",
         "trusted",
         "upstream_latency",
@@ -300,6 +312,8 @@ class _Exchange:
         self.forwarded_ip = ""
         self.trusted = False
         self.ws = False
+        # the Set-Cookie of a hash cookie the balancer generated (hash_on = "cookie")
+        self.set_cookie: bytes | None = None
 
 
 class ProxyHandler:
@@ -455,11 +469,8 @@ class ProxyHandler:
             await self._redirect(conn, ex, match.redirect_status)
             return
         service = match.service
-        if service is None:
-            await self._error(conn, ex, 503, "no Service found with those values")
-            return
         route_id: str | None = match.route.get("id")
-        service_id: str | None = service.get("id")
+        service_id: str | None = service.get("id") if service is not None else None
         plan = plugins.static_plan(route_id, service_id)
         if plan is None or plan.instances or ex.ctx is not None:
             ctx = ex.ctx if ex.ctx is not None else self._context(conn, ex)
@@ -468,6 +479,11 @@ class ProxyHandler:
             ctx.service = service
             ctx.service_request.path = match.upstream_path
             ex.plan = await self._access(ctx, ex, plan, route_id, service_id)
+        if service is None:
+            # as Kong, after the access phase: a plugin on a route without service (an
+            # authentication, a termination) answers first
+            await self._error(conn, ex, 503, "no Service found with those values")
+            return
         await self._proxy(conn, ex, match, service)
 
     async def _access(
@@ -654,8 +670,6 @@ class ProxyHandler:
         head = ex.head
         ctx = ex.ctx
         plan = cfg.service_plan(service)
-        s_host = plan.host
-        s_port = plan.port
         https = plan.https
         balancer = plan.balancer
         method = ctx.service_request.method if ctx is not None else head.method
@@ -673,6 +687,16 @@ class ProxyHandler:
         hash_key: str | None = None
         if balancer is not None and (balancer.upstream.get("hash_on") or "none") != "none":
             hash_key = self._hash_key(ex, balancer, match)
+        # Host and the TLS server name, as Kong's set_host_header and nginx's
+        # `proxy_ssl_name $upstream_host`: the client's Host with preserve_host, else the
+        # chosen target's precomputed values (upstream.host_header, or the target's host),
+        # so a retry on another target names that target
+        preserved: bytes | None = None
+        preserved_name = ""
+        if match.preserve_host:
+            preserved = head.host.encode("latin-1")
+            if https:
+                preserved_name = _server_name_of(head.host)
         tried: list[TargetAddress] = []
         ex.upstream_started = time.perf_counter()
         attempt = 0
@@ -681,18 +705,19 @@ class ProxyHandler:
                 picked = balancer.select(hash_key, exclude=tried)
                 if picked is None:
                     raise UpstreamFailure(503, "failure to get a peer from the ring-balancer")
-                host, port = picked.host, picked.port
-                name = balancer.host_header or s_host
+                address = picked
             else:
                 picked = None
-                host, port, name = s_host, s_port, s_host
-            if match.preserve_host:
-                host_header = head.host.encode("latin-1")
+                address = plan.address
+            host, port = address.host, address.port
+            if preserved is None:
+                host_header = address.host_values[https]
+                server_name = address.server_name
             else:
-                default_port = 443 if https else 80
-                hh = name if port == default_port else f"{name}:{port}"
-                host_header = hh.encode("latin-1")
-            key = (host, port, tls_key, name if https else None)
+                host_header = preserved
+                server_name = preserved_name or address.server_name
+            # the pool key names the server name: a connection is never reused for another
+            key = (host, port, tls_key, server_name if https else None)
             upstream = self.pool.acquire(key)
             if upstream is None:
                 try:
@@ -700,7 +725,7 @@ class ProxyHandler:
                         host,
                         port,
                         ssl_context=ssl_context,
-                        server_hostname=name,
+                        server_hostname=server_name,
                         connect_timeout=connect_timeout,
                         verify_depth=plan.verify_depth,
                     )
@@ -747,20 +772,26 @@ class ProxyHandler:
 
     def _hash_key(self, ex: _Exchange, balancer: Balancer, match: RouteMatch) -> str | None:
         ctx = ex.ctx
+        upstream = balancer.upstream
+        kinds = (upstream.get("hash_on"), upstream.get("hash_fallback"))
         consumer = ctx.consumer if ctx is not None else None
         credential = ctx.credential if ctx is not None else None
+        # the query and the cookies are parsed only for the hash inputs that read them
         query: dict[str, list[str]] = {}
-        for part in ex.query.split("&") if ex.query else ():
-            name, _, value = part.partition("=")
-            query.setdefault(name, []).append(value)
+        if "query_arg" in kinds and ex.query:
+            for part in ex.query.split("&"):
+                name, _, value = part.partition("=")
+                query.setdefault(name, []).append(value)
         cookies: dict[str, str] = {}
-        cookie = _header(ex.head.headers, b"cookie")
-        if cookie:
-            for item in cookie.decode("latin-1").split(";"):
-                name, _, value = item.strip().partition("=")
-                cookies[name] = value
-        key, _cookie = hash_key_for(
-            balancer.upstream,
+        if "cookie" in kinds:
+            for k, v in ex.head.headers:
+                if k == b"cookie":
+                    for item in v.decode("latin-1").split(";"):
+                        name, eq, value = item.strip().partition("=")
+                        if eq:
+                            cookies.setdefault(name, value)
+        key, cookie = hash_key_for(
+            upstream,
             consumer_id=consumer.get("id") if consumer else None,
             credential_id=credential.get("id") if credential else None,
             client_ip=ex.forwarded_ip,
@@ -770,6 +801,10 @@ class ProxyHandler:
             query=query,
             uri_captures=match.uri_captures,
         )
+        if cookie is not None:
+            # as Kong: the client gets the generated cookie, so its next requests stick to
+            # the target this one hashes to
+            ex.set_cookie = hash_cookie_header(cookie).encode("latin-1")
         return key
 
     async def _exchange(
@@ -919,6 +954,8 @@ class ProxyHandler:
             headers.append((b"x-gateway-upstream-latency", b"%d" % ex.upstream_latency))
             proxy_ms = int((ex.upstream_started - ex.started) * 1000)
             headers.append((b"x-gateway-proxy-latency", b"%d" % proxy_ms))
+        if ex.set_cookie is not None:
+            _add_hash_cookie(headers, ex.set_cookie)
         status = resp.status
         if ex.ctx is not None and ex.plan.header_filter:
             status, headers = self._header_filter(ex, status, headers, "service")
@@ -995,6 +1032,8 @@ class ProxyHandler:
         ]
         if self.options.via:
             headers.append((b"via", VIA))
+        if ex.set_cookie is not None:
+            _add_hash_cookie(headers, ex.set_cookie)
         conn.write(encode_response_head(101, resp.reason, headers))
         if upstream_rest:
             conn.write(upstream_rest)
@@ -1028,6 +1067,17 @@ class ProxyHandler:
         finally:
             self.pool.discard(upstream)
             conn.body_done = True
+
+
+def _add_hash_cookie(headers: HeaderList, set_cookie: bytes) -> None:
+    """Add the balancer's hash cookie to a response; as Kong, it replaces the upstream's
+    Set-Cookie of the same name instead of sending the name twice."""
+    prefix = set_cookie[: set_cookie.index(b"=") + 1]
+    for i, (name, value) in enumerate(headers):
+        if name == b"set-cookie" and value.startswith(prefix):
+            headers[i] = (name, set_cookie)
+            return
+    headers.append((b"set-cookie", set_cookie))
 
 
 def _encode_query(query: Sequence[tuple[str, str | None]]) -> str:

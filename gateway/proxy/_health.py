@@ -371,7 +371,7 @@ async def _probe(
             return "success"
         if check.type == "https":
             context = _client_context(check, ssl_context)
-            server_hostname = check.https_sni or host_header or target.host
+            server_hostname = check.https_sni or host_header or target.server_name
             tls = trio.SSLStream(tcp, context, server_hostname=server_hostname)
             stream = tls
             await tls.do_handshake()
@@ -396,7 +396,10 @@ async def _http_status(
     check: ActiveCheck,
     host_header: str | None,
 ) -> Outcome:
-    host = host_header or (f"[{target.host}]" if ":" in target.host else target.host)
+    # as lua-resty-healthcheck: the upstream's host_header, else the target's host, and no
+    # port (the proxied requests' Host has one unless it is the scheme's default)
+    name = target.hostname
+    host = host_header or (f"[{name}]" if ":" in name and not name.startswith("[") else name)
     headers = [("Host", host), ("User-Agent", "trio-gateway health check")]
     headers.extend(check.headers)
     headers.append(("Connection", "close"))

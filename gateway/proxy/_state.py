@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.proxy._balancer import Balancers
+from gateway.proxy._balancer import Balancers, TargetAddress
 from gateway.proxy._pipeline import PluginTable
 from gateway.proxy._router import Router
 from gateway.proxy._tls import CertificateStore, UpstreamTLS
@@ -86,6 +86,7 @@ class ServicePlan:
     """What the proxy reads of a service on every request, computed once per config."""
 
     __slots__ = (
+        "address",
         "balancer",
         "connect_timeout",
         "host",
@@ -104,6 +105,9 @@ class ServicePlan:
         self.port = int(service.get("port") or 80)
         self.https = service.get("protocol") in ("https", "wss", "tls", "grpcs")
         self.balancer = cfg.balancers.get(self.host)
+        # an unbalanced service is one target: its Host values and TLS server name are
+        # precomputed the way a balancer's targets' are (a balanced service does not use it)
+        self.address = TargetAddress(self.host, self.port)
         self.connect_timeout = (service.get("connect_timeout") or 60000) / 1000
         self.write_timeout = (service.get("write_timeout") or 60000) / 1000
         self.read_timeout = (service.get("read_timeout") or 60000) / 1000

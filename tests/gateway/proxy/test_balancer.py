@@ -102,6 +102,47 @@ def test_target_name_brackets_ipv6() -> None:
     assert TargetAddress("a", 1, 0).name == "a:1"
 
 
+@pytest.mark.parametrize(
+    ("host", "port", "hostname", "http", "https", "server_name"),
+    [
+        ("10.0.0.1", 8080, None, b"10.0.0.1:8080", b"10.0.0.1:8080", "10.0.0.1"),
+        ("svc.local", 80, None, b"svc.local", b"svc.local:80", "svc.local"),
+        ("svc.local", 443, None, b"svc.local:443", b"svc.local", "svc.local"),
+        ("::1", 80, None, b"[::1]", b"[::1]:80", "::1"),
+        ("10.0.0.1", 9000, "api.test", b"api.test:9000", b"api.test:9000", "api.test"),
+        ("10.0.0.1", 443, "api.test", b"api.test:443", b"api.test", "api.test"),
+        ("10.0.0.1", 80, "[::2]", b"[::2]", b"[::2]:80", "::2"),
+    ],
+)
+def test_target_host_values_and_server_name(
+    host: str,
+    port: int,
+    hostname: str | None,
+    http: bytes,
+    https: bytes,
+    server_name: str,
+) -> None:
+    """Kong's set_host_header: the hostname, with the port unless the scheme's default."""
+    target = (
+        TargetAddress(host, port) if hostname is None else TargetAddress(host, port, 100, hostname)
+    )
+    assert target.host_values == (http, https)
+    assert target.server_name == server_name
+    # the derived values are not part of the target's identity
+    assert target == TargetAddress(host, port)
+    assert hash(target) == hash(TargetAddress(host, port))
+
+
+def test_balancer_targets_are_named_by_the_upstream_host_header() -> None:
+    named = balancer({"10.0.0.1:8080": 100, "svc.local:443": 100}, host_header="api.test")
+    assert [(t.hostname, t.host_values) for t in named.targets] == [
+        ("api.test", (b"api.test:8080", b"api.test:8080")),
+        ("api.test", (b"api.test:443", b"api.test")),
+    ]
+    plain = balancer({"10.0.0.1:8080": 100, "svc.local:443": 100})
+    assert [t.server_name for t in plain.targets] == ["10.0.0.1", "svc.local"]
+
+
 def test_xxhash32_reference_vectors() -> None:
     assert xxhash32(b"") == 0x02CC5D05
     assert xxhash32(b"a") == 0x550D7456

@@ -289,12 +289,16 @@ async def test_probe_http_status_and_request(nursery: trio.Nursery) -> None:
     target = TargetAddress("127.0.0.1", port)
     assert await probe_target(target, check) == ("http", 503)
     assert await probe_target(target, check, host_header="api.test") == ("http", 503)
-    first, second = backend.requests
+    # a balancer names its targets by the upstream's host_header: the probe's Host, no port
+    named = TargetAddress("127.0.0.1", port, 100, hostname="named.test")
+    assert await probe_target(named, check) == ("http", 503)
+    first, second, third = backend.requests
     assert first.startswith(b"GET /status?x=1 HTTP/1.1\r\n")
     assert b"host: 127.0.0.1\r\n" in first.lower()
     assert b"x-probe: one\r\n" in first.lower()
     assert b"x-probe: two\r\n" in first.lower()
     assert b"host: api.test\r\n" in second.lower()
+    assert b"host: named.test\r\n" in third.lower()
 
 
 @pytest.mark.parametrize(
