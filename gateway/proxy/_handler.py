@@ -478,6 +478,9 @@ class ProxyHandler:
             ctx.route = match.route
             ctx.service = service
             ctx.service_request.path = match.upstream_path
+            if match.uri_captures:
+                # as Kong's router_matches.uri_captures: request-transformer templates
+                ctx.shared["uri_captures"] = match.uri_captures
             ex.plan = await self._access(ctx, ex, plan, route_id, service_id)
         if service is None:
             # as Kong, after the access phase: a plugin on a route without service (an

@@ -464,11 +464,6 @@ async def test_request_transformer_method_and_uri(nursery: trio.Nursery) -> None
     assert received(reply)["target"] == "/v2/a%20b%3Fadmin=1%23x?q=1"
 
 
-@pytest.mark.xfail(
-    reason="the proxy never puts the route's uri captures in ctx.shared['uri_captures'] "
-    "(gateway/proxy/_handler.py, after routing), so $(uri_captures.*) renders empty",
-    strict=True,
-)
 async def test_request_transformer_uri_captures(nursery: trio.Nursery) -> None:
     up = await start_echo(nursery)
     svc = service(up.port)
