@@ -38,6 +38,7 @@ from gateway._status_api import StatusApp
 from gateway.admin import AdminApp, DeclarativeReloader, install_meta_routes, serve_http
 from gateway.declarative import export_declarative, load_declarative, parse_declarative
 from gateway.proxy import ProxyState
+from gateway.proxy._state import merged_balancer_health, merged_target_health
 from gateway.proxy._tls import context_from_pem, self_signed_pem
 from gateway.schema.entities import ENTITIES
 from gateway.settings import ListenAddress, Settings
@@ -219,29 +220,30 @@ class _AdminNode:
             entities = {k: list(v) for k, v in (self.memory_config or {}).items() if k[0] != "_"}
         return export_declarative(entities)
 
-    def upstream_health(self, upstream: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-        if self.proxy is None:
-            return None
-        balancer = self.proxy.current.balancers.get(upstream["name"])
-        if balancer is None:
-            return []
-        return list(balancer.health_snapshot())
+    # Upstream health is what the proxy processes see: with worker processes, health checks
+    # run in each worker and the node's own ProxyState never probes anything. Both the views
+    # and the manual marks therefore go through the proxy runner (NodeState), which the
+    # status API's /status/upstreams reads too, so the two APIs agree.
 
-    def set_target_health(
+    def upstream_health(self, upstream: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        report = self.state.upstream_health
+        if report is None:
+            return None
+        return merged_target_health(report(), upstream["name"])
+
+    async def set_target_health(
         self, upstream: Mapping[str, Any], target: Mapping[str, Any], healthy: bool
     ) -> bool:
-        if self.proxy is None:
+        mark = self.state.mark_target
+        if mark is None:
             return False
-        balancer = self.proxy.current.balancers.get(upstream["name"])
-        if balancer is None:
-            return False
-        return bool(balancer.set_healthy(target["target"], healthy))
+        return await mark(upstream["name"], str(target["target"]), healthy)
 
     def balancer_health(self, upstream: Mapping[str, Any]) -> dict[str, Any] | None:
-        if self.proxy is None:
+        report = self.state.upstream_health
+        if report is None:
             return None
-        balancer = self.proxy.current.balancers.get(upstream["name"])
-        return dict(balancer.balancer_health()) if balancer is not None else None
+        return merged_balancer_health(report(), upstream["name"])
 
     async def data_planes(
         self, *, size: int, offset: str | None

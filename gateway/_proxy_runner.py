@@ -5,6 +5,11 @@ With one worker the node serves the proxy listeners itself from the ``ProxyState
 processes that share the listening sockets; every configuration the node installs is then
 published to all workers (latest wins: a worker busy compiling version 5 gets version 7
 next, never 6 after 7).
+
+Either way the runner tells the node (``NodeState``) where upstream health comes from and
+how a manual mark (Admin API ``PUT .../targets/{t}/healthy|unhealthy``) reaches the
+balancers that route traffic: in-process, the node's own ``ProxyState``; with workers, a
+control frame to every worker (``WorkerPool.mark_target``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import trio
 
 from gateway._build import hot_path_build
 from gateway._config_apply import ConfigApplier, PreparedConfig
+from gateway._errors import ConfigError
 from gateway.proxy import serve_proxy
+from gateway.proxy._balancer import Balancer, TargetAddress, parse_target
 from gateway.proxy._state import upstream_health
 from gateway.settings import Settings
 
@@ -51,9 +58,12 @@ async def start_proxy(
     """Serve ``proxy_listen``; returns the bound addresses."""
     build = hot_path_build()
     (log.warning if build.stale else log.info)("proxy hot path: %s", build.describe())
+    drain = settings.worker_shutdown_timeout
     if settings.worker_processes <= 1:
         proxy = applier.proxy
-        bound: list[tuple[str, int]] = await nursery.start(serve_proxy, settings, proxy)
+        bound: list[tuple[str, int]] = await nursery.start(
+            partial(serve_proxy, settings, proxy, drain_timeout=drain)
+        )
         applier.node.proxy_stats = lambda: {
             "connections_active": proxy.connections(),
             "total_requests": proxy.requests_total,
@@ -61,6 +71,12 @@ async def start_proxy(
         applier.node.upstream_health = lambda: [
             {"worker": 0, "pid": os.getpid(), "upstreams": upstream_health(proxy.current.balancers)}
         ]
+
+        async def mark_here(upstream: str, target: str, healthy: bool) -> bool:
+            balancer = proxy.current.balancers.get(upstream)
+            return balancer is not None and balancer.set_healthy(target, healthy)
+
+        applier.node.mark_target = mark_here
         return bound
     from gateway.proxy._workers import serve_workers
 
@@ -72,12 +88,27 @@ async def start_proxy(
             dict(current.config),
             version=current.version,
             workers=settings.worker_processes,
+            drain_timeout=drain,
         )
     )
     mailbox = _Latest()
     applier.subscribe(mailbox.put, settle=pool.wait_applied)
     applier.node.upstream_health = pool.upstream_health
     applier.node.proxy_stats = pool.server_stats
+
+    async def mark_in_workers(upstream: str, target: str, healthy: bool) -> bool:
+        # The node compiles every config it publishes: its balancers say whether the mark
+        # can apply (Kong: "no healthchecker found" otherwise), the workers apply it.
+        current = applier.proxy.current
+        name = _markable(current.balancers.get(upstream), target)
+        if name is None:
+            return False
+        # A target added a moment ago must exist in the workers before they are told.
+        await applier.settle(current.version, timeout=10.0)
+        await pool.mark_target(upstream, name, healthy)
+        return True
+
+    applier.node.mark_target = mark_in_workers
 
     async def publisher() -> None:
         while True:
@@ -91,3 +122,16 @@ async def start_proxy(
     log.info("proxy served by %d worker processes", settings.worker_processes)
     addresses: list[tuple[str, int]] = list(pool.addresses)
     return addresses
+
+
+def _markable(balancer: Balancer | None, target: str) -> str | None:
+    """The target's name as balancers and health reports spell it (``host:port``) when
+    ``balancer`` has it and runs health checks (what ``Balancer.set_healthy`` requires)."""
+    if balancer is None or not balancer.health_policy.enabled:
+        return None
+    try:
+        host, port = parse_target(target)
+    except ConfigError:
+        return None
+    name = TargetAddress(host, port).name
+    return name if any(t.name == name for t in balancer.targets) else None

@@ -8,7 +8,7 @@ at a time, so no locking is needed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -45,6 +45,10 @@ class NodeState:
     proxy_stats: Callable[[], dict[str, Any]] | None = None
     #: per-worker upstream health (set by the proxy runner; None: this node does not proxy)
     upstream_health: Callable[[], list[dict[str, Any]]] | None = None
+    #: ``await mark_target(upstream, target, healthy)``: the Admin API's manual mark, applied
+    #: wherever the proxy runs (every worker process); False when the upstream has no such
+    #: target or no health checks (set by the proxy runner; None: this node does not proxy)
+    mark_target: Callable[[str, str, bool], Awaitable[bool]] | None = None
     #: a data plane's telemetry link (``TelemetryLink``, an attrs class), when it has one
     telemetry: Any = None
 

@@ -44,9 +44,11 @@ class NodeView(Protocol):
 
     def upstream_health(self, upstream: Mapping[str, Any]) -> list[dict[str, Any]] | None: ...
 
-    def set_target_health(
+    async def set_target_health(
         self, upstream: Mapping[str, Any], target: Mapping[str, Any], healthy: bool
-    ) -> bool: ...
+    ) -> bool:
+        """Mark ``target`` in every process that proxies; returns once they all apply it."""
+        ...
 
     async def data_planes(
         self, *, size: int, offset: str | None
@@ -207,7 +209,7 @@ def install_meta_routes(
                 target = await app.find(schemas["targets"], m.group("target"))
             if target is None:
                 return AdminResponse.message(404, "Not found")
-            if not node.set_target_health(upstream, target, healthy):
+            if not await node.set_target_health(upstream, target, healthy):
                 return AdminResponse.message(
                     400,
                     "target health can only be set on a node that proxies this upstream "

@@ -11,7 +11,7 @@ requests finish on the config they started with and a swap never fails a request
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from gateway.proxy._balancer import Balancers, TargetAddress
@@ -19,7 +19,16 @@ from gateway.proxy._pipeline import PluginTable
 from gateway.proxy._router import Router
 from gateway.proxy._tls import CertificateStore, UpstreamTLS
 
-__all__ = ["CompiledConfig", "ConfigEntities", "ProxyState", "ServicePlan", "compile_config"]
+__all__ = [
+    "CompiledConfig",
+    "ConfigEntities",
+    "ProxyState",
+    "ServicePlan",
+    "compile_config",
+    "merged_balancer_health",
+    "merged_target_health",
+    "upstream_health",
+]
 
 _ENTITY_KEYS = (
     "services",
@@ -210,6 +219,69 @@ def upstream_health(balancers: Balancers) -> list[dict[str, Any]]:
         }
         for balancer in sorted(balancers, key=lambda b: b.name)
     ]
+
+
+# How bad a health label is, for merging the views of several worker processes.
+_TARGET_SEVERITY = {"HEALTHCHECKS_OFF": 0, "HEALTHY": 1, "DNS_ERROR": 2, "UNHEALTHY": 3}
+_BALANCER_SEVERITY = {"HEALTHCHECKS_OFF": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+
+
+def _views(reports: Iterable[Mapping[str, Any]], name: str) -> Iterator[Mapping[str, Any]]:
+    for report in reports:
+        for upstream in report.get("upstreams") or ():
+            if upstream.get("name") == name:
+                yield upstream
+
+
+def _rank(doc: Mapping[str, Any], severity: Mapping[str, int], key: str) -> tuple[int, float]:
+    """How badly ``doc`` (a target item, or an upstream's ``health``) sees its subject: the
+    label's severity first, then the least weight available (``doc[key]["weight"]``)."""
+    label = doc.get("health")
+    weight = (doc.get(key) or {}).get("weight") or {}
+    available = weight.get("available")
+    return (
+        severity.get(label, 0) if isinstance(label, str) else 0,
+        -float(available) if isinstance(available, int | float) else 0.0,
+    )
+
+
+def merged_target_health(reports: Iterable[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
+    """One view of upstream ``name``'s targets from the per-process ``reports`` (the status
+    API's ``data``): each target as the process that sees it worst (``UNHEALTHY`` over
+    ``DNS_ERROR`` over ``HEALTHY``, then the least available weight). A target is reported
+    ``HEALTHY`` only when every process would send it traffic. In config order.
+
+    NOTE: Kong's workers share one health state, so it has nothing to merge; ours can
+    disagree for a moment (each probes on its own) or for longer (passive checks count each
+    worker's own traffic). Pinned by ``test_a_target_is_healthy_only_if_every_process_uses_it``.
+    """
+    chosen: dict[str, dict[str, Any]] = {}
+    for view in _views(reports, name):
+        for item in view.get("targets") or ():
+            key = str(item.get("target"))
+            seen = chosen.get(key)
+            if seen is None or _rank(item, _TARGET_SEVERITY, "data") > _rank(
+                seen, _TARGET_SEVERITY, "data"
+            ):
+                chosen[key] = item
+    return list(chosen.values())
+
+
+def merged_balancer_health(
+    reports: Iterable[Mapping[str, Any]], name: str
+) -> dict[str, Any] | None:
+    """Upstream ``name``'s own health (``?balancer_health=1``) as the process that sees it
+    worst; None when no process has that upstream."""
+    worst: Mapping[str, Any] | None = None
+    for view in _views(reports, name):
+        doc = view.get("health")
+        if isinstance(doc, Mapping) and (
+            worst is None
+            or _rank(doc, _BALANCER_SEVERITY, "details")
+            > _rank(worst, _BALANCER_SEVERITY, "details")
+        ):
+            worst = doc
+    return dict(worst) if worst is not None else None
 
 
 class ProxyState:

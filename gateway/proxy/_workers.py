@@ -19,9 +19,25 @@ control channel. Frames are ``kind (1 byte) | length (4) | version (8) | payload
   the same bytes to every worker; a restarted worker first gets the latest one. The worker
   compiles it in a thread and swaps it in.
 * ``A`` worker -> supervisor: the version now running (``WorkerPool.applied``).
-* ``H`` worker -> supervisor: every 2 s, when the config has upstreams, the worker's view of
-  upstream health (JSON, ``upstream_health``); the status API shows one entry per worker
-  (``WorkerPool.upstream_health``).
+* ``H`` worker -> supervisor: every 2 s, when the config has upstreams (and once more when
+  it no longer has any), and right after each new config, the worker's view of upstream
+  health (JSON, ``upstream_health``); the status API shows one entry per worker
+  (``WorkerPool.upstream_health``), the Admin API merges them.
+* ``M`` supervisor -> worker: a manual mark (Admin API ``PUT .../targets/{t}/healthy`` or
+  ``unhealthy``): JSON ``{"upstream", "target", "healthy"}``, version = the mark's sequence
+  number. The worker sets the target's health in its balancers and answers with an ``M``
+  frame of the same number carrying its health report, so ``WorkerPool.mark_target``
+  returns once every worker routes by the mark.
+
+Manual marks outlive a worker, as in Kong (health lives in shared memory there, which a
+respawned nginx worker reads): the supervisor keeps the latest mark of each target and sends
+it to a restarted worker after its config. A mark is forgotten once a worker's report made
+after applying it shows the target otherwise (an active check brought it back, a config
+dropped the target or its health checks), as a respawned Kong worker would read the changed
+shared state. Nothing survives the node: a restart starts every target healthy.
+
+Frames to a worker go out under its slot's ``send_lock`` (a worker's first frame must be
+``S``); inside a worker, one lock serializes its ``A``, ``H`` and ``M`` frames.
 
 Each child also inherits the load board (``GATEWAY_PROXY_BOARD=fd:count``, a shared-memory
 ``LoadBoard``, gateway/proxy/_balance.py): every worker keeps its open connection count and
@@ -32,8 +48,10 @@ burst of connections is spread evenly), and the supervisor reads it for the stat
 A worker exits gracefully (stops accepting, drains within the deadline) on SIGTERM,
 SIGQUIT, SIGINT or EOF on the control channel (the supervisor died). The supervisor restarts a
 worker that exits while the pool runs (backoff 0.1 s doubling to 5 s, reset after 10 s of
-uptime). On cancellation -- or SIGTERM/SIGQUIT when ``handle_signals`` -- it sends SIGTERM to
-every worker, waits ``drain_timeout`` + 2 s, then SIGKILLs what is left.
+uptime). On cancellation -- or SIGTERM/SIGQUIT when ``handle_signals`` -- it closes its own
+copies of the listening sockets (the port refuses connections once every worker has closed its
+copy too, while they drain), sends SIGTERM to every worker, waits ``drain_timeout`` + 2 s,
+then SIGKILLs what is left.
 
 With ``worker_processes = 1`` none of this runs: the node calls ``serve_proxy`` directly.
 """
@@ -50,7 +68,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -121,12 +139,46 @@ class _Settings:
         self.ssl_cert_key = tuple(k for _, k in tls_pairs)
 
 
+class _Mark(NamedTuple):
+    """A manual health mark the supervisor keeps for restarted workers."""
+
+    upstream: str
+    target: str
+    healthy: bool
+    seq: int
+    frame: bytes
+
+
+#: the health labels a mark keeps (DNS_ERROR: unhealthy, and its last probe failed to resolve)
+_MARK_LABELS = {True: ("HEALTHY",), False: ("UNHEALTHY", "DNS_ERROR")}
+
+
+def _target_label(report: list[dict[str, Any]], upstream: str, target: str) -> str | None:
+    for up in report:
+        if up.get("name") == upstream:
+            for item in up.get("targets") or ():
+                if item.get("target") == target:
+                    label = item.get("health")
+                    return label if isinstance(label, str) else None
+    return None
+
+
+def _health_report(payload: bytes) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return []
+    return doc if isinstance(doc, list) else []
+
+
 class _Slot:
     def __init__(self, index: int) -> None:
         self.index = index
         self.pid: int | None = None
         self.control: trio.SocketStream | None = None
         self.applied = 0
+        #: the sequence number of the last manual mark this worker applied
+        self.marked = 0
         self.send_lock = trio.Lock()
         #: the worker's last upstream health report (``upstream_health`` documents)
         self.health: list[dict[str, Any]] = []
@@ -147,7 +199,11 @@ class WorkerPool:
         count = (
             workers if workers is not None else int(getattr(settings, "worker_processes", 0) or 0)
         )
-        self.count = count if count > 0 else (os.cpu_count() or 1)
+        if count <= 0:
+            from gateway.settings._values import available_cpus
+
+            count = available_cpus()
+        self.count = count
         self.options = options if options is not None else ProxyOptions.from_settings(settings)
         certs = getattr(settings, "ssl_cert", ()) or ()
         keys = getattr(settings, "ssl_cert_key", ()) or ()
@@ -161,6 +217,8 @@ class WorkerPool:
         self._version = 0
         self._stopping = False
         self._acked = trio.Event()
+        self._marks: dict[tuple[str, str], _Mark] = {}
+        self._mark_seq = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -211,6 +269,42 @@ class WorkerPool:
         for slot in self.slots:
             await self._send(slot, frame)
 
+    async def mark_target(
+        self, upstream: str, target: str, healthy: bool, *, timeout: float = 10.0
+    ) -> None:
+        """Set ``target``'s health in every worker's balancer of ``upstream`` (and in workers
+        started later, see the module docstring); returns once every running worker has
+        applied it, or after ``timeout``. ``target`` is spelled as the balancers do
+        (``host:port``)."""
+        self._mark_seq += 1
+        seq = self._mark_seq
+        body = {"upstream": upstream, "target": target, "healthy": healthy}
+        frame = encode_frame(b"M", seq, json.dumps(body, separators=(",", ":")).encode())
+        key = (upstream, target)
+        self._marks[key] = _Mark(upstream, target, healthy, seq, frame)
+        for slot in self.slots:
+            await self._send(slot, frame)
+        with trio.move_on_after(timeout):
+            while any(s.control is not None and s.marked < seq for s in self.slots):
+                mark = self._marks.get(key)
+                if mark is None or mark.seq != seq:
+                    return  # overridden meanwhile: a restarted worker will not get it
+                await self._acked.wait()
+
+    def _forget_overridden_marks(self, slot: _Slot) -> None:
+        """Drop the marks that ``slot``'s latest report, made after it applied them, no
+        longer shows (they must not be replayed to a worker started later)."""
+        for key, mark in list(self._marks.items()):
+            if mark.seq <= slot.marked and (
+                _target_label(slot.health, mark.upstream, mark.target)
+                not in _MARK_LABELS[mark.healthy]
+            ):
+                del self._marks[key]
+
+    def _signal_ack(self) -> None:
+        self._acked.set()
+        self._acked = trio.Event()
+
     async def _send(self, slot: _Slot, frame: bytes) -> None:
         control = slot.control
         if control is None:
@@ -238,10 +332,16 @@ class WorkerPool:
                     await trio.sleep_forever()
                 finally:
                     self._stopping = True
+                    # Now, not once the workers are gone: while they drain, a connection the
+                    # kernel queued on our copy would wait for nobody, then be reset.
+                    self._close_listeners()
         finally:
-            for listen in self.sockets:
-                listen.sock.close()
+            self._close_listeners()
             self.board.close()
+
+    def _close_listeners(self) -> None:
+        for listen in self.sockets:
+            listen.sock.close()
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT) as signals:
@@ -273,7 +373,6 @@ class WorkerPool:
             env["GATEWAY_PROXY_CONTROL_FD"] = str(child.fileno())
             env["GATEWAY_PROXY_WORKER"] = str(slot.index)
             control = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
-            slot.control = control
             began = trio.current_time()
             try:
                 async with trio.open_nursery() as nursery:
@@ -286,9 +385,15 @@ class WorkerPool:
                     )
                     child.close()
                     slot.pid = process.pid
-                    await control.send_all(encode_frame(b"S", 0, pickle.dumps(self.setup)))
-                    if self._frame is not None:
-                        await self._send(slot, self._frame)
+                    slot.control = control
+                    # Setup first, then the latest config, then the marks in force; under the
+                    # lock, so that a config or mark published meanwhile follows them.
+                    async with slot.send_lock:
+                        await control.send_all(encode_frame(b"S", 0, pickle.dumps(self.setup)))
+                        if self._frame is not None:
+                            await control.send_all(self._frame)
+                        for mark in sorted(self._marks.values(), key=lambda m: m.seq):
+                            await control.send_all(mark.frame)
                     nursery.start_soon(self._read_acks, slot, control)
                     if not started:
                         started = True
@@ -299,6 +404,8 @@ class WorkerPool:
             finally:
                 slot.pid = None
                 slot.control = None
+                slot.marked = 0
+                slot.health = []  # that process's view is gone; its successor reports its own
                 self.board.clear(slot.index)
                 child.close()
                 with trio.CancelScope(shield=True):
@@ -313,7 +420,8 @@ class WorkerPool:
             backoff = min(backoff * 2, 5.0)
 
     async def _read_acks(self, slot: _Slot, control: trio.SocketStream) -> None:
-        """Read a worker's frames: ``A`` (version applied) and ``H`` (upstream health)."""
+        """Read a worker's frames: ``A`` (version applied), ``H`` (upstream health) and
+        ``M`` (mark applied, with the health it results in)."""
         buf = bytearray()
         try:
             while True:
@@ -323,13 +431,15 @@ class WorkerPool:
                 kind, version, payload = frame
                 if kind == b"A":
                     slot.applied = version
-                    self._acked.set()
-                    self._acked = trio.Event()
+                    self._signal_ack()
                 elif kind == b"H":
-                    try:
-                        slot.health = json.loads(payload)
-                    except ValueError:
-                        slot.health = []
+                    slot.health = _health_report(payload)
+                    self._forget_overridden_marks(slot)
+                elif kind == b"M":
+                    slot.marked = max(slot.marked, version)
+                    slot.health = _health_report(payload)
+                    self._forget_overridden_marks(slot)
+                    self._signal_ack()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             return
 
@@ -386,6 +496,29 @@ async def worker_main() -> None:
     setup: WorkerSetup = pickle.loads(first[2])
     state = ProxyState()
     board = LoadBoard.from_env()
+    send_lock = trio.Lock()  # A, H and M frames come from different tasks
+    reported = False  # whether the last health report had upstreams
+
+    async def send(frame: bytes) -> bool:
+        async with send_lock:
+            try:
+                await control.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return True
+
+    def health_payload() -> bytes:
+        doc = upstream_health(state.current.balancers)
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    async def report_health() -> bool:
+        # only with upstreams, and once more when the last one goes (no stale report)
+        nonlocal reported
+        has_upstreams = len(state.current.balancers) > 0
+        if not (has_upstreams or reported):
+            return True
+        reported = has_upstreams
+        return await send(encode_frame(b"H", state.current.version, health_payload()))
 
     async def apply(version: int, payload: bytes) -> None:
         def build() -> Any:
@@ -398,10 +531,18 @@ async def worker_main() -> None:
             log.exception("worker: config version %d refused", version)
             return
         state.swap(compiled)
+        if await send(encode_frame(b"A", version, b"")):
+            await report_health()  # at once: targets added or removed show without delay
+
+    async def mark(seq: int, payload: bytes) -> None:
         try:
-            await control.send_all(encode_frame(b"A", version, b""))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            doc = json.loads(payload)
+            balancer = state.current.balancers.get(doc["upstream"])
+            if balancer is not None:
+                balancer.set_healthy(str(doc["target"]), bool(doc["healthy"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("worker: malformed health mark ignored")
+        await send(encode_frame(b"M", seq, health_payload()))
 
     async with trio.open_nursery() as nursery:
 
@@ -414,6 +555,8 @@ async def worker_main() -> None:
                     kind, version, payload = frame
                     if kind == b"C":
                         await apply(version, payload)
+                    elif kind == b"M":
+                        await mark(version, payload)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
                 pass
             nursery.cancel_scope.cancel()  # the supervisor is gone: drain and exit
@@ -424,23 +567,17 @@ async def worker_main() -> None:
                     nursery.cancel_scope.cancel()
                     return
 
-        async def report_health() -> None:
+        async def report_health_periodically() -> None:
             # Health checks run in each worker; tell the supervisor what this one sees, so
-            # the status API can show it (a few hundred bytes every 2 s, only with upstreams).
+            # the status and Admin APIs can show it (a few hundred bytes every 2 s).
             while True:
                 await trio.sleep(HEALTH_REPORT_INTERVAL)
-                doc = upstream_health(state.current.balancers)
-                if not doc:
-                    continue
-                payload = json.dumps(doc, separators=(",", ":")).encode()
-                try:
-                    await control.send_all(encode_frame(b"H", state.current.version, payload))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not await report_health():
                     return
 
         nursery.start_soon(signals)
         nursery.start_soon(control_loop)
-        nursery.start_soon(report_health)
+        nursery.start_soon(report_health_periodically)
         await nursery.start(
             lambda task_status: serve_proxy(
                 setup.settings or _Settings(setup.tls_pairs),

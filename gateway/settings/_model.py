@@ -195,7 +195,17 @@ class Settings:
         "auto",
         parse_worker_processes,
         type="auto | integer >= 1",
-        doc="Number of worker processes; auto means one per CPU.",
+        doc="Number of worker processes; auto means one per CPU this process may run on "
+        "(its CPU affinity, e.g. a cpuset; not a CPU quota).",
+    )
+    worker_shutdown_timeout: float = _setting(
+        "10",
+        parse_float(allow_zero=True),
+        type="number (seconds)",
+        doc="On SIGTERM, SIGQUIT or SIGINT the proxy stops accepting and lets requests in "
+        "flight finish for at most this long, then closes what is left and exits "
+        "(nginx's worker_shutdown_timeout). 0: close at once.",
+        roles=_PROXYING,
     )
     log_level: Literal["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"] = (
         _setting(

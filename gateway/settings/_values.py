@@ -23,6 +23,7 @@ __all__ = [
     "InvalidValue",
     "LogTarget",
     "Network",
+    "available_cpus",
     "parse_bool",
     "parse_choice",
     "parse_float",
@@ -274,10 +275,25 @@ def parse_headers(value: object) -> tuple[str, ...]:
     return tuple(result)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (``taskset``, a cpuset cgroup,
+    a container's ``--cpuset-cpus``), not every CPU of the machine as ``os.cpu_count()``.
+
+    A CPU *quota* (cgroup ``cpu.max``, ``docker --cpus``) limits time, not CPUs, and is not
+    seen here: set ``worker_processes`` explicitly under one."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        try:
+            return len(getaffinity(0)) or 1
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def parse_worker_processes(value: object) -> int:
-    """``auto`` (one per CPU) or a positive integer."""
+    """``auto`` (one per CPU this process may use) or a positive integer."""
     if isinstance(value, str) and value.strip() == "auto":
-        return os.cpu_count() or 1
+        return available_cpus()
     try:
         return parse_int(1)(value)
     except InvalidValue:

@@ -74,7 +74,7 @@ class FakeNode:
             return None
         return {"id": upstream["id"], "health": "HEALTHCHECKS_OFF", "details": {}}
 
-    def set_target_health(
+    async def set_target_health(
         self, upstream: Mapping[str, Any], target: Mapping[str, Any], healthy: bool
     ) -> bool:
         if self.health is None:
