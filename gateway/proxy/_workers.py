@@ -18,6 +18,9 @@ control channel. Frames are ``kind (1 byte) | length (4) | version (8) | payload
   (contracts.md 1) and its version. The supervisor compresses once per version and sends
   the same bytes to every worker; a restarted worker first gets the latest one. The worker
   compiles it in a thread and swaps it in.
+* ``R`` supervisor -> worker, after the setup, the latest config and the marks in force: go.
+  A worker accepts connections only from then on, so a restarted worker never answers with
+  an empty configuration (a 404 for every route) while it compiles the running one.
 * ``A`` worker -> supervisor: the version now running (``WorkerPool.applied``).
 * ``H`` worker -> supervisor: every 2 s, when the config has upstreams (and once more when
   it no longer has any), and right after each new config, the worker's view of upstream
@@ -394,6 +397,7 @@ class WorkerPool:
                             await control.send_all(self._frame)
                         for mark in sorted(self._marks.values(), key=lambda m: m.seq):
                             await control.send_all(mark.frame)
+                        await control.send_all(encode_frame(b"R", 0, b""))
                     nursery.start_soon(self._read_acks, slot, control)
                     if not started:
                         started = True
@@ -497,6 +501,7 @@ async def worker_main() -> None:
     state = ProxyState()
     board = LoadBoard.from_env()
     send_lock = trio.Lock()  # A, H and M frames come from different tasks
+    ready = trio.Event()  # the supervisor's R frame: setup, config and marks are in
     reported = False  # whether the last health report had upstreams
 
     async def send(frame: bytes) -> bool:
@@ -557,6 +562,8 @@ async def worker_main() -> None:
                         await apply(version, payload)
                     elif kind == b"M":
                         await mark(version, payload)
+                    elif kind == b"R":
+                        ready.set()  # the frames before it are applied: serve
             except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
                 pass
             nursery.cancel_scope.cancel()  # the supervisor is gone: drain and exit
@@ -578,6 +585,9 @@ async def worker_main() -> None:
         nursery.start_soon(signals)
         nursery.start_soon(control_loop)
         nursery.start_soon(report_health_periodically)
+        # connections wait in the shared listen queue, where the other workers take them,
+        # until this one runs the configuration the pool runs
+        await ready.wait()
         await nursery.start(
             lambda task_status: serve_proxy(
                 setup.settings or _Settings(setup.tls_pairs),

@@ -13,7 +13,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "gateway" / "proxy"))
 
-from proxy_support import Client, FakeSettings, Upstream, request, simple_config
+from proxy_support import Client, FakeSettings, Upstream, request, route, simple_config
 
 from gateway.proxy._workers import WorkerPool, serve_workers
 
@@ -100,6 +100,49 @@ async def test_two_workers_share_the_port_and_a_killed_one_restarts(nursery: tri
     await wait_for(lambda: pool.applied() == [1, 1])
     for _ in range(10):
         assert (await request(port)).status == 200
+
+
+async def test_a_restarted_worker_serves_only_once_it_runs_the_config(
+    nursery: trio.Nursery,
+) -> None:
+    """A worker restarted after a crash takes no connection before it has compiled the
+    pool's configuration: with thousands of routes that takes a while, and a worker that
+    accepted at once would answer 404 (an empty router) meanwhile."""
+    up = Upstream()
+    await nursery.start(up.serve)
+    cfg = simple_config(up.port)
+    svc = cfg["services"][0]
+    cfg["routes"] += [route(svc, paths=[f"/r{i}/", f"~/x{i}/[0-9]+$"]) for i in range(3000)]
+    pool: WorkerPool = await nursery.start(
+        lambda task_status: serve_workers(
+            FakeSettings(),
+            cfg,
+            version=1,
+            workers=2,
+            drain_timeout=3.0,
+            task_status=task_status,
+        )
+    )
+    await wait_for(lambda: pool.applied() == [1, 1], timeout=60)
+    port = pool.addresses[0][1]
+    victim, survivor = pool.pids
+    os.kill(victim, signal.SIGKILL)
+    statuses: list[int] = []
+    # new connections all along: the load board steers them to the new worker (it holds
+    # none) as soon as it accepts
+
+    def served_by_successor() -> int:
+        return sum(
+            w["total_requests"]
+            for w in pool.server_stats()["workers"]
+            if w["pid"] not in (victim, survivor, None)
+        )
+
+    with trio.fail_after(60):
+        while served_by_successor() < 20:
+            statuses.append((await request(port)).status)
+    assert pool.restarts == 1
+    assert set(statuses) == {200}, sorted(set(statuses))
 
 
 async def test_connections_are_spread_evenly_and_counted(nursery: trio.Nursery) -> None:
