@@ -288,7 +288,7 @@ async def start_proxy(
     nursery: trio.Nursery,
     cfg: dict[str, Any],
     *,
-    backend: str = "fast",
+    backend: str = "httptools",
     settings: FakeSettings | None = None,
     **option_overrides: Any,
 ) -> tuple[int, ProxyState]:
