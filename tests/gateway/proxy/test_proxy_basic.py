@@ -371,8 +371,14 @@ async def test_expect_100_continue(nursery: trio.Nursery, backend: str) -> None:
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n"
+            + b"".join(b"X-%d: v\r\n" % i for i in range(101))
+            + b"\r\n",
+            431,
+        ),
     ],
-    ids=["cl-te", "http2", "absolute", "obs-fold", "bare-lf", "dup-cl", "431", "414"],
+    ids=["cl-te", "http2", "absolute", "obs-fold", "bare-lf", "dup-cl", "431", "414", "headers"],
 )
 async def test_bad_requests_are_refused_and_never_reach_upstream(
     nursery: trio.Nursery, backend: str, raw: bytes, status: int
