@@ -81,14 +81,20 @@ class Headers:
     or outside Latin-1: what could smuggle a header or a message), so a plugin's mistake
     surfaces at its own line. Headers are kept as the bytes they go out as: the proxy
     forwards the ones no plugin touched without encoding or checking them again.
+
+    The last ``host`` value given to ``set``, ``add`` or the constructor is remembered
+    (``ServiceRequest.host``); ``remove`` does not forget it. On the service request that is
+    Kong's ``ngx.var.upstream_host``: the Host sent upstream and the TLS server name.
     """
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_host", "_raw")
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._raw: list[tuple[bytes, bytes]] = (
-            [_field(k, v) for k, v in items] if items is not None else []
-        )
+        self._host: bytes | None = None
+        self._raw: list[tuple[bytes, bytes]] = []
+        if items is not None:
+            for k, v in items:
+                self.add(k, v)
 
     @classmethod
     def from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
@@ -98,7 +104,9 @@ class Headers:
         return headers
 
     def copy(self) -> Headers:
-        return Headers.from_raw(self._raw)
+        headers = Headers.from_raw(self._raw)
+        headers._host = self._host
+        return headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = _lookup_key(name)
@@ -114,6 +122,8 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         field = _field(name, value)
         key = field[0]
+        if key == b"host":
+            self._host = field[1]
         raw = self._raw
         for k, _ in raw:
             if k == key:  # replace: rebuild only when the name is there
@@ -122,7 +132,10 @@ class Headers:
         raw.append(field)
 
     def add(self, name: str, value: str) -> None:
-        self._raw.append(_field(name, value))
+        field = _field(name, value)
+        if field[0] == b"host":
+            self._host = field[1]
+        self._raw.append(field)
 
     def remove(self, name: str) -> None:
         key = _lookup_key(name)
@@ -215,6 +228,7 @@ class ServiceRequest:
 
     ``query`` is a list of (name, value) pairs (``None`` value = flag without ``=``).
     ``body``: ``None`` streams the client's body through; bytes replace it.
+    ``headers`` start as the client's; setting or adding ``host`` there sets ``host``.
     """
 
     __slots__ = ("body", "headers", "method", "path", "query")
@@ -232,6 +246,16 @@ class ServiceRequest:
         self.query = query
         self.headers = headers
         self.body: bytes | None = None
+
+    @property
+    def host(self) -> bytes | None:
+        """The Host a plugin set for the service (the last ``host`` value set or added in
+        ``headers``, as Kong's ``kong.service.request.set_header("Host", ...)``), or None:
+        the proxy then sends its own (``preserve_host``, ``host_header``, the target). Over
+        TLS its name without the port is also the server name sent and verified. Removing
+        the header does not unset it (Kong: the Host is always sent); an empty value is
+        the same as None."""
+        return self.headers._host or None
 
 
 class Response:

@@ -42,9 +42,10 @@ import struct
 import time
 import uuid
 from bisect import bisect_right
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from functools import reduce
 from typing import Any
+from urllib.parse import unquote_plus
 
 import attrs
 
@@ -59,6 +60,7 @@ __all__ = [
     "hash_cookie_header",
     "hash_key_for",
     "parse_target",
+    "uri_args",
     "xxhash32",
 ]
 
@@ -225,6 +227,9 @@ def hash_key_for(
     is `cookie` and the request has none: the proxy must add `hash_cookie_header(set_cookie)`
     to the response. `consumer` falls back to the credential id; a multi-valued header is
     joined with ", "; a multi-valued query argument is sorted and joined with ",".
+
+    The inputs are taken as Kong reads them: `path` is nginx's `$uri` (the proxy passes
+    `decoded_path` of the request path), `query` the decoded arguments of `uri_args`.
     """
     hash_on = upstream.get("hash_on") or "none"
     if hash_on == "none":
@@ -296,6 +301,31 @@ def _query_arg(query: Mapping[str, str | Sequence[str]] | None, name: object) ->
     if value is None or isinstance(value, str):
         return value
     return ",".join(sorted(value))
+
+
+def uri_args(pairs: Iterable[tuple[str, str | None]]) -> dict[str, list[str]]:
+    """Query arguments as OpenResty's `ngx.req.get_uri_args` gives them to Kong's
+    `hash_on = query_arg`: names and values percent-decoded with `+` as a space, an argument
+    without `=` is `"true"` (Lua's `tostring(true)`), one without a name is left out.
+
+    `pairs` are (name, value) as written in the query string (`ServiceRequest.query`: value
+    None for an argument without `=`). Bytes that are not UTF-8 become surrogate escapes,
+    which the balancer encodes back: the key is the bytes Kong would hash.
+    """
+    args: dict[str, list[str]] = {}
+    for name, value in pairs:
+        name = _unescape_arg(name)
+        if name:
+            args.setdefault(name, []).append("true" if value is None else _unescape_arg(value))
+    return args
+
+
+def _unescape_arg(text: str) -> str:
+    if not text.isascii():
+        text = text.encode("latin-1", "replace").decode("utf-8", "surrogateescape")
+    if "%" not in text and "+" not in text:
+        return text
+    return unquote_plus(text, encoding="utf-8", errors="surrogateescape")
 
 
 def hash_cookie_header(cookie: Mapping[str, str]) -> str:

@@ -59,11 +59,18 @@ from gateway.plugins import (
     Response,
     ServiceRequest,
 )
-from gateway.proxy._balancer import Balancer, TargetAddress, hash_cookie_header, hash_key_for
+from gateway.proxy._balancer import (
+    Balancer,
+    TargetAddress,
+    hash_cookie_header,
+    hash_key_for,
+    uri_args,
+)
 from gateway.proxy._errors import UpstreamFailure, error_body
 from gateway.proxy._pipeline import EMPTY_PLAN, PluginPlan
 from gateway.proxy._pool import ConnectionPool, UpstreamConnection, connect_upstream
 from gateway.proxy._router import RouteMatch
+from gateway.proxy._router_paths import decoded_path
 from gateway.proxy._state import CompiledConfig, ProxyState
 
 __all__ = ["ProxyHandler", "ProxyOptions"]
@@ -691,12 +698,16 @@ class ProxyHandler:
         if balancer is not None and (balancer.upstream.get("hash_on") or "none") != "none":
             hash_key = self._hash_key(ex, balancer, match)
         # Host and the TLS server name, as Kong's set_host_header and nginx's
-        # `proxy_ssl_name $upstream_host`: the client's Host with preserve_host, else the
-        # chosen target's precomputed values (upstream.host_header, or the target's host),
-        # so a retry on another target names that target
-        preserved: bytes | None = None
+        # `proxy_ssl_name $upstream_host`: the Host a plugin set (ngx.var.upstream_host, in
+        # either phase), else the client's Host with preserve_host, else the chosen target's
+        # precomputed values (upstream.host_header, or the target's host), so a retry on
+        # another target names that target
+        preserved: bytes | None = ctx.service_request.host if ctx is not None else None
         preserved_name = ""
-        if match.preserve_host:
+        if preserved is not None:
+            if https:
+                preserved_name = _server_name_of(preserved.decode("latin-1"))
+        elif match.preserve_host:
             preserved = head.host.encode("latin-1")
             if https:
                 preserved_name = _server_name_of(head.host)
@@ -779,15 +790,23 @@ class ProxyHandler:
         kinds = (upstream.get("hash_on"), upstream.get("hash_fallback"))
         consumer = ctx.consumer if ctx is not None else None
         credential = ctx.credential if ctx is not None else None
-        # the query and the cookies are parsed only for the hash inputs that read them
+        # As Kong, which hashes after the access phase: the headers and the query string as
+        # the plugins left them (nginx's request), the path as the client sent it ($uri).
+        # The query and the cookies are parsed only for the hash inputs that read them.
+        raw = ctx.service_request.headers.raw() if ctx is not None else ex.head.headers
         query: dict[str, list[str]] = {}
-        if "query_arg" in kinds and ex.query:
-            for part in ex.query.split("&"):
-                name, _, value = part.partition("=")
-                query.setdefault(name, []).append(value)
+        if "query_arg" in kinds:
+            if ctx is not None:
+                query = uri_args(ctx.service_request.query)
+            elif ex.query:
+                pairs: list[tuple[str, str | None]] = []
+                for part in ex.query.split("&"):
+                    name, eq, value = part.partition("=")
+                    pairs.append((name, value if eq else None))
+                query = uri_args(pairs)
         cookies: dict[str, str] = {}
         if "cookie" in kinds:
-            for k, v in ex.head.headers:
+            for k, v in raw:
                 if k == b"cookie":
                     for item in v.decode("latin-1").split(";"):
                         name, eq, value = item.strip().partition("=")
@@ -798,9 +817,9 @@ class ProxyHandler:
             consumer_id=consumer.get("id") if consumer else None,
             credential_id=credential.get("id") if credential else None,
             client_ip=ex.forwarded_ip,
-            headers=_LazyHeaders(ex.head.headers),
+            headers=_LazyHeaders(raw),
             cookies=cookies,
-            path=ex.path,
+            path=decoded_path(ex.path) if "path" in kinds else None,
             query=query,
             uri_captures=match.uri_captures,
         )

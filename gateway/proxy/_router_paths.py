@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import unquote
 
 __all__ = [
+    "decoded_path",
     "join_upstream_path",
     "normalize_path",
     "normalize_regex_path",
@@ -90,6 +92,24 @@ def normalize_path(path: str) -> str:
     if "." in path or "//" in path:
         path = _remove_dot_segments(path)
     return path
+
+
+def decoded_path(path: str) -> str:
+    """A request path as nginx's ``$uri``, which Kong hashes for ``hash_on = path``.
+
+    ``normalize_path``, then every triplet still encoded is decoded; a decoded ``/`` separates
+    segments as nginx's parser treats it (``/a/..%2Fb`` -> ``/b``, ``/a%2F%2Fb`` -> ``/a/b``).
+    Bytes are kept as they were (``%FF`` and raw bytes that are not UTF-8 become surrogate
+    escapes, which the balancer encodes back), so the key is the bytes nginx would hash.
+    """
+    path = normalize_path(path)
+    if not path.isascii():
+        path = path.encode("latin-1").decode("utf-8", "surrogateescape")
+    if "%" not in path:
+        return path
+    slashes = "%2F" in path
+    path = unquote(path, encoding="utf-8", errors="surrogateescape")
+    return _remove_dot_segments(path) if slashes else path
 
 
 def normalize_regex_path(pattern: str) -> str:

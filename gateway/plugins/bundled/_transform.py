@@ -102,12 +102,26 @@ def apply_json(
     return doc
 
 
-def apply_headers(headers: Any, conf: Mapping[str, Any], lookup: Lookup) -> None:
-    """Header operations in Kong's order: remove, rename, replace, add, append."""
+def apply_headers(
+    headers: Any, conf: Mapping[str, Any], lookup: Lookup, *, request: bool = False
+) -> None:
+    """Header operations in Kong's order: remove, rename, replace, add, append.
+
+    On the request (``request=True``) ``host`` is Kong's request-transformer's exception: the
+    client's Host is not among the headers it edits, so removing or renaming ``host`` does
+    nothing, adding it is ignored, and replacing it always sets it (Kong's ``set_headers``:
+    the Host sent upstream and the TLS server name).
+
+    NOTE: appending ``host`` sets it too; Kong fails the request there (500: its
+    ``ngx.var.upstream_host`` cannot hold a list). Pinned by ``test_request_transformer_host``.
+    """
     for name in conf["remove"]["headers"]:
-        headers.remove(name)
+        if not (request and name.lower() == "host"):
+            headers.remove(name)
     for entry in conf["rename"]["headers"]:
         old, new = split_pair(entry)
+        if request and old.lower() == "host":
+            continue
         values = headers.get_all(old)
         if values:
             headers.remove(old)
@@ -115,10 +129,12 @@ def apply_headers(headers: Any, conf: Mapping[str, Any], lookup: Lookup) -> None
                 headers.add(new, v)
     for entry in conf["replace"]["headers"]:
         name, value = split_pair(entry)
-        if name in headers:
+        if name in headers or (request and name.lower() == "host"):
             headers.set(name, render(value, lookup))
     for entry in conf["add"]["headers"]:
         name, value = split_pair(entry)
+        if request and name.lower() == "host":
+            continue
         if name not in headers:
             headers.set(name, render(value, lookup))
     for entry in conf["append"]["headers"]:

@@ -3,7 +3,9 @@
 Operations run in Kong's order (remove, rename, replace, add, append) on headers, the query
 string and the body (JSON and form-encoded bodies; the body is buffered only when a body
 operation is configured). ``replace.uri`` rewrites the upstream path and ``http_method``
-the method. Values may use templates (see ``_transform``).
+the method. Values may use templates (see ``_transform``). Replacing (or appending) the
+``host`` header sets the Host sent upstream and the TLS server name; adding, removing or
+renaming it does nothing, as Kong's (``_transform.apply_headers``).
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class RequestTransformer(Plugin):
             req.method = conf["http_method"]
         # headers
         h = req.headers
-        apply_headers(h, conf, lookup)
+        apply_headers(h, conf, lookup, request=True)
         # query string: kept as the client encoded it, so names are compared decoded and
         # what the plugin writes is encoded (as Kong's ngx.encode_args): a value taken from
         # a header cannot add a parameter or break the request line

@@ -48,7 +48,8 @@ def make_ctx(
     route: dict[str, Any] | None = None,
     service: dict[str, Any] | None = None,
 ) -> Context:
-    h = Headers([(k.lower(), v) for k, v in (headers or {}).items()])
+    # as the parser gives them: checked, and no Host "set" by a plugin
+    h = Headers.from_raw(Headers([(k.lower(), v) for k, v in (headers or {}).items()]).raw())
     request = ClientRequest(
         method=method,
         scheme="http",
@@ -63,7 +64,7 @@ def make_ctx(
         method=method,
         path=path,
         query=list(query or []),
-        headers=Headers(list(h.items())),
+        headers=h.copy(),
     )
     ctx = Context(
         request=request,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from plugin_harness import Entities, make_ctx, make_plugin, respond, run_access
@@ -368,6 +369,37 @@ async def test_request_transformer_headers_query_uri_method() -> None:
     assert ctx.service_request.query == [("keep", "b"), ("q2", "v2"), ("q3", "v3")]
     assert ctx.service_request.path == "/v2/42"
     assert ctx.service_request.method == "POST"
+
+
+@pytest.mark.parametrize(
+    ("conf", "sent", "client_host_kept"),
+    [
+        # Kong's request-transformer: replace of host always sets it (the upstream Host)
+        ({"replace": {"headers": ["host:backend.test"]}}, b"backend.test", False),
+        ({"replace": {"headers": ["Host:$(headers.x-to)"]}}, b"to.test", False),
+        ({"append": {"headers": ["host:backend.test"]}}, b"backend.test", True),
+        ({"rename": {"headers": ["x-to:host"]}}, b"to.test", True),
+        # ... add, remove and rename of host do nothing
+        ({"add": {"headers": ["host:backend.test"]}}, None, True),
+        ({"remove": {"headers": ["host"]}}, None, True),
+        ({"rename": {"headers": ["host:x-was"]}}, None, True),
+        # replace after remove still sets it (the client's Host is not in Kong's table)
+        (
+            {"remove": {"headers": ["Host"]}, "replace": {"headers": ["host:backend.test"]}},
+            b"backend.test",
+            False,
+        ),
+    ],
+)
+async def test_request_transformer_host(
+    conf: dict[str, Any], sent: bytes | None, client_host_kept: bool
+) -> None:
+    plugin = make_plugin("request-transformer", conf)
+    ctx = make_ctx(headers={"host": "client.test", "x-to": "to.test"})
+    await plugin.access(ctx)
+    assert ctx.service_request.host == sent
+    assert ("client.test" in ctx.service_request.headers.get_all("host")) is client_host_kept
+    assert "x-was" not in ctx.service_request.headers
 
 
 async def test_request_transformer_json_body() -> None:

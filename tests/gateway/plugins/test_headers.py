@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.plugins import Headers
+from gateway.plugins import Headers, ServiceRequest
 
 
 def test_case_insensitive_ordered_multimap() -> None:
@@ -67,3 +67,29 @@ def test_headers_from_the_wire_are_forwarded_as_they_came() -> None:
     copy.set("x-new", "1")
     assert h.raw() == raw
     assert copy.raw() == [*raw, (b"x-new", b"1")]
+
+
+def host_set(headers: Headers) -> bytes | None:
+    return ServiceRequest(method="GET", path="/", query=[], headers=headers).host
+
+
+def test_the_last_host_set_or_added_is_remembered() -> None:
+    client = Headers.from_raw([(b"host", b"client.test"), (b"x-a", b"1")])
+    assert host_set(client.copy()) is None  # the client's Host was not set by anyone
+    h = client.copy()
+    h.set("X-A", "2")
+    assert host_set(h) is None  # other names do not count
+    h.set("Host", "a.test")
+    assert host_set(h) == b"a.test"
+    h.add("HOST", "b.test:8443")
+    assert host_set(h) == b"b.test:8443"
+    # as Kong's clear_header: the Host sent upstream stays what was set
+    h.remove("host")
+    assert "host" not in h
+    assert host_set(h) == b"b.test:8443"
+    assert host_set(h.copy()) == b"b.test:8443"
+    # a new Headers given a host (Kong's set_headers) sets it too
+    assert host_set(Headers([("x-b", "1"), ("Host", "c.test")])) == b"c.test"
+    # empty: not set, as Kong's `upstream_host ~= ""`
+    h.set("host", "")
+    assert host_set(h) is None

@@ -17,6 +17,7 @@ from gateway.proxy._balancer import (
     hash_cookie_header,
     hash_key_for,
     parse_target,
+    uri_args,
     xxhash32,
 )
 
@@ -445,6 +446,30 @@ def test_hash_on_query_arg_sorts_multiple_values() -> None:
     u = upstream(hash_on="query_arg", hash_on_query_arg="t")
     assert hash_key_for(u, query={"t": "x"}) == ("x", None)
     assert hash_key_for(u, query={"t": ["b", "a"]}) == ("a,b", None)
+
+
+def test_uri_args_decode_as_ngx_req_get_uri_args() -> None:
+    # OpenResty's documented example: `GET /test?a%20b=1%61+2` gives {"a b": "1a 2"}
+    assert uri_args([("a%20b", "1%61+2")]) == {"a b": ["1a 2"]}
+    # an argument without "=" is Lua's true, one without a name is left out, repeats are kept
+    assert uri_args([("flag", None), ("", "x"), ("empty", ""), ("t", "2"), ("t", "1")]) == {
+        "flag": ["true"],
+        "empty": [""],
+        "t": ["2", "1"],
+    }
+    # what is not an escape stays as it is; bytes that are not UTF-8 hash as those bytes
+    assert uri_args([("k", "100%"), ("u", "caf%C3%A9")]) == {"k": ["100%"], "u": ["caf\u00e9"]}
+    (raw,) = uri_args([("b", "%FF")])["b"]
+    assert raw.encode("utf-8", "surrogateescape") == b"\xff"
+
+
+def test_hash_on_query_arg_of_decoded_args() -> None:
+    u = upstream(hash_on="query_arg", hash_on_query_arg="user id")
+    assert hash_key_for(u, query=uri_args([("user+id", "a%2Cb")])) == ("a,b", None)
+    assert hash_key_for(u, query=uri_args([("user%20id", "b"), ("user+id", "a")])) == (
+        "a,b",
+        None,
+    )
 
 
 def test_hash_fallback_when_primary_is_missing() -> None:

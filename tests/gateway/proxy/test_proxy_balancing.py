@@ -226,6 +226,105 @@ async def test_hash_on_query_arg(nursery: trio.Nursery) -> None:
     assert a == served_by(await request(port, target="/?user=a&user=b"))
 
 
+async def same_target(client: Client, spellings: list[str]) -> str:
+    """The target every spelling of one request lands on (asserted the same for all)."""
+    first = served_by(await client.request(target=spellings[0]))
+    for spelled in spellings[1:]:
+        assert served_by(await client.request(target=spelled)) == first, spelled
+    return first
+
+
+async def test_hash_on_path_hashes_the_path_as_nginx_uri(nursery: trio.Nursery) -> None:
+    targets = await start_targets(nursery)
+    port, _ = await start_proxy(
+        nursery, balanced_config((t.port for t in targets), hashing("path"))
+    )
+    client = await Client.open(port)
+    try:
+        landed = {
+            await same_target(
+                client,
+                [
+                    f"/items/b{i}",
+                    f"/items/%62{i}",  # an encoded unreserved character
+                    f"/items//./x/../b{i}",  # dot segments, merged slashes
+                    f"/items%2Fb{i}",  # every triplet is decoded, "/" too (nginx's $uri)
+                    f"/items/b{i}?q=1",
+                ],
+            )
+            for i in range(SPREAD)
+        }
+    finally:
+        await client.aclose()
+    assert landed == {t.name for t in targets}
+
+
+async def test_hash_on_query_arg_hashes_the_decoded_value(nursery: trio.Nursery) -> None:
+    targets = await start_targets(nursery)
+    upstream = hashing("query_arg", hash_on_query_arg="user id")
+    port, _ = await start_proxy(nursery, balanced_config((t.port for t in targets), upstream))
+    client = await Client.open(port)
+    try:
+        # as ngx.req.get_uri_args: names and values percent-decoded, "+" is a space
+        landed = {
+            await same_target(
+                client,
+                [
+                    f"/?user+id=a+b{i}",
+                    f"/?user%20id=a%20b{i}",
+                    f"/?x=1&us%65r+id=%61+b{i}",
+                ],
+            )
+            for i in range(SPREAD)
+        }
+        # an argument without "=" is hashed as "true"
+        assert served_by(await client.request(target="/?user+id")) == served_by(
+            await client.request(target="/?user+id=true")
+        )
+    finally:
+        await client.aclose()
+    assert landed == {t.name for t in targets}
+
+
+@pytest.mark.parametrize(
+    ("hash_on", "rename", "spelled"),
+    [
+        ("query_arg", {"querystring": ["uid:user"]}, ("/?user={}", "/?uid={}")),
+        ("header", {"headers": ["x-uid:x-user"]}, ("x-user", "x-uid")),
+    ],
+)
+async def test_hash_inputs_are_read_after_the_access_phase(
+    nursery: trio.Nursery,
+    hash_on: str,
+    rename: dict[str, list[str]],
+    spelled: tuple[str, str],
+) -> None:
+    targets = await start_targets(nursery)
+    transformer = get_plugin("request-transformer")
+    assert transformer is not None
+    conf, errors = transformer.config_schema.validate({"rename": rename})
+    assert errors is None
+    upstream = hashing(hash_on, hash_on_query_arg="user", hash_on_header="x-user")
+    cfg = balanced_config(
+        (t.port for t in targets), upstream, plugins=[plugin("request-transformer", conf)]
+    )
+    port, _ = await start_proxy(nursery, cfg)
+
+    def request_kw(spelling: str, value: str) -> dict[str, Any]:
+        if hash_on == "header":
+            return {"headers": [(spelling, value)]}
+        return {"target": spelling.format(value)}
+
+    # as Kong, which hashes nginx's request as the plugins left it: an input a plugin
+    # renamed into place is hashed like the same input sent in place
+    landed = set()
+    for i in range(SPREAD):
+        direct = served_by(await request(port, **request_kw(spelled[0], f"u{i}")))
+        assert served_by(await request(port, **request_kw(spelled[1], f"u{i}"))) == direct
+        landed.add(direct)
+    assert landed == {t.name for t in targets}
+
+
 async def test_hash_on_uri_capture(nursery: trio.Nursery) -> None:
     targets = await start_targets(nursery)
     upstream = hashing("uri_capture", hash_on_uri_capture="account")

@@ -6,6 +6,9 @@ As Kong (``set_host_header`` and nginx's ``proxy_ssl_name $upstream_host``): wit
 ``preserve_host`` sends the client's Host. Over TLS the server name sent and verified is that
 Host without its port (none for an IP address), and pooled connections are never reused for
 another server name.
+
+A Host a plugin sets (``kong.service.request.set_header("Host", ...)``, request-transformer's
+``replace``) wins over all of these, on every target, and names the TLS server too.
 """
 
 from __future__ import annotations
@@ -13,14 +16,28 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from typing import Any
+from typing import Any, ClassVar
 
 import h11
 import pytest
 import trio
-from proxy_support import Client, Reply, Upstream, config, request, route, service, start_proxy, uid
+from proxy_support import (
+    Client,
+    Reply,
+    Upstream,
+    config,
+    plugin,
+    request,
+    route,
+    service,
+    start_proxy,
+    uid,
+)
 from test_proxy_tls import Pki, _server_context
 
+import gateway.proxy._pipeline as pipeline
+from gateway.plugins import Context, Plugin, get_plugin
+from gateway.schema import Record
 from gateway.schema.entities import ENTITIES
 
 UPSTREAM = "lb.test"
@@ -112,14 +129,51 @@ async def dead_port() -> int:
     return port
 
 
+class SetsHost(Plugin):
+    """Sets the service request's Host to the client's ``x-set-host`` (in the phase named by
+    ``x-set-host-in``, ``access`` by default); ``x-remove-host`` then removes the header."""
+
+    name = "test-sets-host"
+    version = "1.0.0"
+    priority = 10
+    config_schema: ClassVar[Record] = Record([])
+
+    def _apply(self, ctx: Context, phase: str) -> None:
+        headers = ctx.request.headers
+        if (headers.get("x-set-host-in") or "access") != phase:
+            return
+        value = headers.get("x-set-host")
+        if value is not None:
+            ctx.service_request.headers.set("Host", value)
+        if headers.get("x-remove-host"):
+            ctx.service_request.headers.remove("host")
+
+    async def rewrite(self, ctx: Context) -> None:
+        self._apply(ctx, "rewrite")
+
+    async def access(self, ctx: Context) -> None:
+        self._apply(ctx, "access")
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        pipeline,
+        "get_plugin",
+        lambda name: SetsHost if name == SetsHost.name else get_plugin(name),
+    )
+
+
 def balanced(
     targets: list[str],
     *,
     upstream: dict[str, Any] | None = None,
     route_fields: dict[str, Any] | None = None,
+    plugins: list[dict[str, Any]] | None = None,
     **service_fields: Any,
 ) -> dict[str, Any]:
-    """One service on the upstream ``lb.test`` (round-robin over ``targets``), one route."""
+    """One service on the upstream ``lb.test`` (round-robin over ``targets``), one route,
+    ``plugins`` (global)."""
     up = {**ENTITIES["upstreams"].defaults(), "id": uid(), "name": UPSTREAM, **(upstream or {})}
     entities = [
         {
@@ -140,6 +194,7 @@ def balanced(
         routes=[route(svc, **(route_fields or {}))],
         upstreams=[up],
         targets=entities,
+        plugins=plugins or [],
         **lists,
     )
 
@@ -316,3 +371,115 @@ async def test_https_preserve_host_server_name_and_pooled_connections(
     # the certificate is verified against the client's host, as Kong (nginx verifies
     # proxy_ssl_name): a host it does not name fails the handshake
     assert (await request(port, headers=[("Host", "c.test")])).status == 502
+
+
+# -- a Host set by a plugin ---------------------------------------------------------------------
+
+
+def transformer(**headers: list[str]) -> dict[str, Any]:
+    """request-transformer with these header operations (its config with the defaults the
+    schema would fill, the test plugin above being unknown to the schema)."""
+    ops = ("remove", "rename", "replace", "add", "append")
+    conf: dict[str, Any] = {
+        op: {"headers": headers.get(op, []), "querystring": [], "body": []} for op in ops
+    }
+    return plugin("request-transformer", conf)
+
+
+async def test_request_transformer_replace_sets_the_host_on_every_target(
+    nursery: trio.Nursery,
+) -> None:
+    t0, t1 = await start_echoes(nursery)
+    cfg = balanced(
+        [f"127.0.0.1:{t0.port}", f"localhost:{t1.port}"],
+        upstream={"host_header": "backend.internal"},
+        plugins=[transformer(replace=["host:backend.example"])],
+    )
+    port, _ = await start_proxy(nursery, cfg)
+    # as Kong: request-transformer's replace of host sets ngx.var.upstream_host, which
+    # wins over the target's host and the upstream's host_header
+    assert await hosts_by_target(port) == {"t0": {"backend.example"}, "t1": {"backend.example"}}
+
+
+async def test_request_transformer_add_remove_rename_leave_the_host_alone(
+    nursery: trio.Nursery,
+) -> None:
+    (echo,) = await start_echoes(nursery, 1)
+    cfg = balanced(
+        [f"127.0.0.1:{echo.port}"],
+        plugins=[
+            transformer(remove=["host"], rename=["host:x-was-host"], add=["host:backend.example"])
+        ],
+    )
+    port, _ = await start_proxy(nursery, cfg)
+    assert await hosts_by_target(port, count=2) == {"t0": {f"127.0.0.1:{echo.port}"}}
+
+
+@pytest.mark.parametrize("phase", ["rewrite", "access"])
+async def test_a_plugin_set_host_wins_over_preserve_host_and_survives_a_retry(
+    nursery: trio.Nursery, phase: str
+) -> None:
+    (live,) = await start_echoes(nursery, 1)
+    dead = await dead_port()
+    cfg = balanced(
+        [f"localhost:{dead}", f"127.0.0.1:{live.port}"],
+        route_fields={"preserve_host": True},
+        plugins=[plugin(SetsHost.name)],
+        retries=2,
+    )
+    port, _ = await start_proxy(nursery, cfg)
+    headers = [("Host", "client.test"), ("X-Set-Host", "set.test:9"), ("X-Set-Host-In", phase)]
+    assert await hosts_by_target(port, headers=headers) == {"t0": {"set.test:9"}}
+    # removing the header afterwards does not unset it (Kong's clear_header keeps
+    # upstream_host); removing it alone changes nothing (preserve_host: the client's)
+    removed = [*headers, ("X-Remove-Host", "1")]
+    assert seen(await request(port, headers=removed))["host"] == "set.test:9"
+    only_removed = [("Host", "client.test"), ("X-Remove-Host", "1")]
+    assert seen(await request(port, headers=only_removed))["host"] == "client.test"
+    # an empty Host is no Host, as Kong's `upstream_host ~= ""`: the client's again
+    empty = [("Host", "client.test"), ("X-Set-Host", "")]
+    assert seen(await request(port, headers=empty))["host"] == "client.test"
+
+
+async def test_https_server_name_follows_a_plugin_set_host(nursery: trio.Nursery) -> None:
+    pki = Pki()
+    echo = await start_tls(nursery, TlsHostEcho(pki, "t0", dns=("a.test", "b.test")))
+    cfg = balanced(
+        [f"127.0.0.1:{echo.port}"],
+        upstream={"host_header": "backend.internal"},
+        plugins=[plugin(SetsHost.name)],
+        **https_service(pki),
+    )
+    port, _ = await start_proxy(nursery, cfg)
+
+    async def via(host: str) -> tuple[str, str]:
+        payload = seen(await request(port, headers=[("X-Set-Host", host)]))
+        return payload["host"], payload["sni"]
+
+    # the name sent and verified is the Host without its port (proxy_ssl_name $upstream_host)
+    assert await via("a.test:8443") == ("a.test:8443", "a.test")
+    assert await via("b.test") == ("b.test", "b.test")
+    # the pool keeps one connection per server name: each is reused for its own name only
+    assert await via("a.test") == ("a.test", "a.test")
+    assert await via("b.test:1") == ("b.test:1", "b.test")
+    assert echo.server_names == ["a.test", "b.test"]
+    # the certificate is verified against the name set: one it does not name fails, and so
+    # does the upstream's host_header when no plugin sets the Host
+    assert (await request(port, headers=[("X-Set-Host", "c.test")])).status == 502
+    assert (await request(port)).status == 502
+    assert echo.server_names == ["a.test", "b.test"]
+
+
+async def test_https_request_transformer_host_names_the_server(nursery: trio.Nursery) -> None:
+    pki = Pki()
+    echo = await start_tls(nursery, TlsHostEcho(pki, "t0", dns=("backend.example",)))
+    cfg = balanced(
+        [f"127.0.0.1:{echo.port}"],
+        plugins=[transformer(replace=["host:backend.example"])],
+        **https_service(pki),
+    )
+    port, _ = await start_proxy(nursery, cfg)
+    for _ in range(3):
+        payload = seen(await request(port))
+        assert (payload["host"], payload["sni"]) == ("backend.example", "backend.example")
+    assert echo.server_names == ["backend.example"]  # one pooled connection

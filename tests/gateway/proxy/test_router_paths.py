@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.proxy._router import regex_literal_prefix
 from gateway.proxy._router_paths import (
+    decoded_path,
     join_upstream_path,
     normalize_path,
     normalize_regex_path,
@@ -192,3 +193,40 @@ def test_split_host_port(host: str, expected: tuple[str, int | None]) -> None:
 )
 def test_regex_literal_prefix(pattern: str, prefix: str) -> None:
     assert regex_literal_prefix(pattern) == prefix
+
+
+@pytest.mark.parametrize(
+    ("path", "uri"),
+    [
+        ("/a/b", "/a/b"),
+        ("/a/%62", "/a/b"),  # an unreserved triplet, as the router
+        ("/a/./b/../c//d", "/a/c/d"),
+        ("/a/%2e%2E/b", "/b"),
+        ("/a%20b", "/a b"),  # and, unlike the router, every other triplet
+        ("/a%2Fb", "/a/b"),
+        ("/a%2f%2fb", "/a/b"),  # a decoded "/" separates segments, as nginx's parser
+        ("/a/..%2Fb", "/b"),
+        ("/x/a%2F..%2Fb/", "/x/b/"),
+        ("/100%25", "/100%"),  # decoded once: "%25" is a "%", not an escape
+        ("/%2541", "/%41"),
+        ("/caf%C3%A9", "/caf\u00e9"),
+        ("/a?x=%62", "/a"),
+    ],
+)
+def test_decoded_path_is_nginx_uri(path: str, uri: str) -> None:
+    assert decoded_path(path) == uri
+
+
+def test_decoded_path_keeps_the_bytes() -> None:
+    # bytes that are not UTF-8 (escaped or raw, as the parser gives them in Latin-1) hash as
+    # those bytes: the balancer encodes keys with surrogateescape
+    assert decoded_path("/%FF").encode("utf-8", "surrogateescape") == b"/\xff"
+    assert decoded_path("/\xff%20").encode("utf-8", "surrogateescape") == b"/\xff "
+    assert decoded_path("/caf\xc3\xa9") == "/caf\u00e9"
+
+
+@given(st.text(alphabet="/.%2fFe4a", max_size=20))
+def test_decoded_path_is_rooted_without_empty_segments(path: str) -> None:
+    uri = decoded_path(path)
+    assert uri.startswith("/")
+    assert "//" not in uri
