@@ -9,6 +9,9 @@ Keep-alive follows the request (HTTP/1.0 needs ``keep-alive``; 1.1 stops on ``cl
 the handler (``conn.keep_alive = False``). A protocol error answers with its status and
 closes; an exception escaping the handler answers 500 if no response byte left yet, and
 closes either way. Nothing a client sends can escape this function except cancellation.
+Every wait on the client has a timeout, writes included (``send_timeout``, as nginx's
+``send_timeout``): a client that stops reading a response cannot hold its connection, and
+the upstream connection behind it, forever.
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ class ServerConnection:
         info: ConnectionInfo,
         *,
         body_timeout: float,
+        send_timeout: float = 60.0,
     ) -> None:
         self.stream = stream
         # the stdlib socket under a plain TCP stream, looked up once (None for TLS)
@@ -164,6 +168,7 @@ class ServerConnection:
         self.info = info
         self.keep_alive = True
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self.head: RequestHead | None = None
         self.body_done = True
         self.continue_sent = False
@@ -241,7 +246,10 @@ class ServerConnection:
             data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self._out.clear()
             self._out_size = 0
-            await send_all(self.stream, data, sock=self.sock)
+            # the timeout is between two successful writes; it raises trio.TooSlowError
+            await send_all(
+                self.stream, data, timeout=self.send_timeout, slot=self.slot, sock=self.sock
+            )
 
     async def send_simple(
         self, status: int, headers: HeaderList, body: bytes, *, head_only: bool = False
@@ -316,6 +324,7 @@ async def serve_connection(
     header_timeout: float = 60.0,
     keepalive_timeout: float = 60.0,
     body_timeout: float = 60.0,
+    send_timeout: float = 60.0,
     extra_headers: HeaderList | None = None,
     tracker: ConnectionTracker | None = None,
     watchdog: Watchdog | None = None,
@@ -323,7 +332,9 @@ async def serve_connection(
     """Serve requests on ``stream`` until the client or the handler ends the connection."""
     extra_headers = extra_headers or []
     parser = make_request_parser(backend, limits or Limits())
-    conn = ServerConnection(stream, parser, info, body_timeout=body_timeout)
+    conn = ServerConnection(
+        stream, parser, info, body_timeout=body_timeout, send_timeout=send_timeout
+    )
     scope = conn.io
     if tracker is not None:
         tracker.add(conn, scope)

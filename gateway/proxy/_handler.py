@@ -135,6 +135,7 @@ class ProxyOptions:
         pool_idle_timeout: float = 60.0,
         client_header_timeout: float = 60.0,
         client_body_timeout: float = 60.0,
+        client_send_timeout: float = 60.0,
         keepalive_timeout: float = 60.0,
     ) -> None:
         self.backend: Backend = backend
@@ -162,6 +163,7 @@ class ProxyOptions:
         self.pool_idle_timeout = pool_idle_timeout
         self.client_header_timeout = client_header_timeout
         self.client_body_timeout = client_body_timeout
+        self.client_send_timeout = client_send_timeout
         self.keepalive_timeout = keepalive_timeout
         self._trusted_cache: dict[str, bool] = {}
 

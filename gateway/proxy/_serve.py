@@ -194,6 +194,7 @@ async def serve_proxy(
                 header_timeout=opts.client_header_timeout,
                 keepalive_timeout=opts.keepalive_timeout,
                 body_timeout=opts.client_body_timeout,
+                send_timeout=opts.client_send_timeout,
                 tracker=tracker,
                 watchdog=watchdog,
             )
