@@ -322,3 +322,18 @@ def dump_logs_on_failure(group: ProcessGroup) -> Iterator[None]:
     except BaseException:
         sys.stderr.write(group.logs())
         raise
+
+
+def proxying_node(processes: ProcessGroup, workers: int, **settings: Any) -> GatewayProcess:
+    """A traditional node (SQLite under its prefix) with admin, proxy and status listeners on
+    ephemeral ports, proxying with ``workers`` processes."""
+    return processes.node(
+        "node",
+        {
+            "admin_listen": "127.0.0.1:0",
+            "proxy_listen": "127.0.0.1:0",
+            "status_listen": "127.0.0.1:0",
+            "worker_processes": workers,
+            **settings,
+        },
+    )

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from helpers import GatewayProcess, ProcessGroup, http, poll
+from helpers import GatewayProcess, ProcessGroup, http, poll, proxying_node
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +74,7 @@ def slow() -> Any:
 def start_node(
     processes: ProcessGroup, upstream: SlowUpstream, workers: int, **settings: Any
 ) -> GatewayProcess:
-    node = processes.node(
-        "node",
-        {
-            "admin_listen": "127.0.0.1:0",
-            "proxy_listen": "127.0.0.1:0",
-            "worker_processes": workers,
-            **settings,
-        },
-    )
+    node = proxying_node(processes, workers, **settings)
     admin = node.url("admin")
     service = {"name": "slow", "url": upstream.url + "/slow"}
     assert http("POST", admin + "/services", json_body=service).status == 201

@@ -6,22 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import GatewayProcess, ProcessGroup, Upstream, http, poll
+from helpers import ProcessGroup, Upstream, http, poll, proxying_node
 
 pytestmark = pytest.mark.slow
-
-
-def proxying_node(processes: ProcessGroup, workers: int) -> GatewayProcess:
-    """A traditional node with admin, proxy and status listeners on ephemeral ports."""
-    return processes.node(
-        "node",
-        {
-            "admin_listen": "127.0.0.1:0",
-            "proxy_listen": "127.0.0.1:0",
-            "status_listen": "127.0.0.1:0",
-            "worker_processes": workers,
-        },
-    )
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from helpers import GatewayProcess, ProcessGroup, http, poll
+from helpers import GatewayProcess, ProcessGroup, http, poll, proxying_node
 
 pytestmark = pytest.mark.slow
 
@@ -71,19 +71,6 @@ def targets() -> Any:
     finally:
         a.stop()
         b.stop()
-
-
-def start_node(processes: ProcessGroup, workers: int) -> GatewayProcess:
-    """A traditional node (SQLite database under its prefix) proxying with ``workers``."""
-    return processes.node(
-        "node",
-        {
-            "admin_listen": "127.0.0.1:0",
-            "proxy_listen": "127.0.0.1:0",
-            "status_listen": "127.0.0.1:0",
-            "worker_processes": workers,
-        },
-    )
 
 
 def admin_health(node: GatewayProcess) -> dict[str, str]:
@@ -151,7 +138,7 @@ def test_admin_health_and_manual_marks_reach_every_worker(
     processes: ProcessGroup, targets: tuple[CountingUpstream, CountingUpstream], workers: int
 ) -> None:
     a, b = targets
-    node = start_node(processes, workers)
+    node = proxying_node(processes, workers)
     admin = node.url("admin")
     # Active probes of healthy targets only: a target that fails one goes down and stays
     # down (no probe would bring it back), so a manual mark holds until the next one.
