@@ -345,34 +345,6 @@ async def test_https_server_name_is_the_upstream_host_header(nursery: trio.Nurse
     }
 
 
-async def test_https_preserve_host_server_name_and_pooled_connections(
-    nursery: trio.Nursery,
-) -> None:
-    pki = Pki()
-    echo = await start_tls(nursery, TlsHostEcho(pki, "t0", dns=("a.test", "b.test")))
-    cfg = balanced(
-        [f"127.0.0.1:{echo.port}"],
-        upstream={"host_header": "backend.internal"},
-        route_fields={"preserve_host": True},
-        **https_service(pki),
-    )
-    port, _ = await start_proxy(nursery, cfg)
-
-    async def via(host: str) -> tuple[str, str]:
-        payload = seen(await request(port, headers=[("Host", host)]))
-        return payload["host"], payload["sni"]
-
-    assert await via("a.test:8443") == ("a.test:8443", "a.test")
-    assert await via("b.test") == ("b.test", "b.test")
-    # a pooled connection serves only its own server name: one connection per name
-    assert await via("a.test") == ("a.test", "a.test")
-    assert await via("b.test:1") == ("b.test:1", "b.test")
-    assert echo.server_names == ["a.test", "b.test"]
-    # the certificate is verified against the client's host, as Kong (nginx verifies
-    # proxy_ssl_name): a host it does not name fails the handshake
-    assert (await request(port, headers=[("Host", "c.test")])).status == 502
-
-
 # -- a Host set by a plugin ---------------------------------------------------------------------
 
 
@@ -441,19 +413,29 @@ async def test_a_plugin_set_host_wins_over_preserve_host_and_survives_a_retry(
     assert seen(await request(port, headers=empty))["host"] == "client.test"
 
 
-async def test_https_server_name_follows_a_plugin_set_host(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("source", ["preserve_host", "plugin"])
+async def test_https_server_name_follows_the_host_and_pools_per_name(
+    nursery: trio.Nursery, source: str
+) -> None:
+    # the client's Host (preserve_host) or a Host set by a plugin: either names the server
     pki = Pki()
     echo = await start_tls(nursery, TlsHostEcho(pki, "t0", dns=("a.test", "b.test")))
+    if source == "preserve_host":
+        settings: dict[str, Any] = {"route_fields": {"preserve_host": True}}
+        header = "Host"
+    else:
+        settings = {"plugins": [plugin(SetsHost.name)]}
+        header = "X-Set-Host"
     cfg = balanced(
         [f"127.0.0.1:{echo.port}"],
         upstream={"host_header": "backend.internal"},
-        plugins=[plugin(SetsHost.name)],
+        **settings,
         **https_service(pki),
     )
     port, _ = await start_proxy(nursery, cfg)
 
     async def via(host: str) -> tuple[str, str]:
-        payload = seen(await request(port, headers=[("X-Set-Host", host)]))
+        payload = seen(await request(port, headers=[(header, host)]))
         return payload["host"], payload["sni"]
 
     # the name sent and verified is the Host without its port (proxy_ssl_name $upstream_host)
@@ -463,10 +445,12 @@ async def test_https_server_name_follows_a_plugin_set_host(nursery: trio.Nursery
     assert await via("a.test") == ("a.test", "a.test")
     assert await via("b.test:1") == ("b.test:1", "b.test")
     assert echo.server_names == ["a.test", "b.test"]
-    # the certificate is verified against the name set: one it does not name fails, and so
-    # does the upstream's host_header when no plugin sets the Host
-    assert (await request(port, headers=[("X-Set-Host", "c.test")])).status == 502
-    assert (await request(port)).status == 502
+    # the certificate is verified against that name, as Kong (nginx verifies proxy_ssl_name):
+    # a host it does not name fails the handshake
+    assert (await request(port, headers=[(header, "c.test")])).status == 502
+    if source == "plugin":
+        # and so does the upstream's host_header when no plugin sets the Host
+        assert (await request(port)).status == 502
     assert echo.server_names == ["a.test", "b.test"]
 
 
