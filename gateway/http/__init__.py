@@ -12,7 +12,7 @@ from gateway.http._events import (
     ResponseHead,
     Sentinel,
 )
-from gateway.http._io import WaitSlot, Watchdog
+from gateway.http._io import ClientGone, WaitSlot, Watchdog
 from gateway.http._parser import (
     BACKENDS,
     Backend,
@@ -46,6 +46,7 @@ __all__ = [
     "PAUSED",
     "REASONS",
     "Backend",
+    "ClientGone",
     "ConnectionInfo",
     "ConnectionTracker",
     "ErrorRenderer",

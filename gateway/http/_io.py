@@ -19,6 +19,16 @@ runs three interpreted frames (twice per proxied request); pass ``trio.current_t
 run the watchdog on Trio's mock clock in tests. Without a slot, a cancel scope is
 created, but only when the call really has to wait. A cancel scope per wait costs more than
 the rest of the I/O path on a busy server (measured: ~15 % of a proxied request).
+
+The watchdog also watches the client while its connection waits on another socket (the
+upstream), as nginx's ``ngx_http_upstream_check_broken_connection``: once such a wait has
+lasted ``peek_after`` seconds, and then every ``peek_after`` seconds, it peeks one byte of
+the slot's ``client`` socket (``MSG_PEEK``, never blocking). EOF (a half-close included) or
+an error other than "no data yet" means the client left: the wait is woken with
+``notify_closing`` and raises ``ClientGone``; the socket it waited on is then unusable and
+must be closed. Pending data means the client is alive (a pipelined request). Short waits,
+the usual case, are never peeked: the cost stays in the watchdog task, one ``recv`` per
+long wait and second, and one more store per blocking wait (its start time).
 """
 
 from __future__ import annotations
@@ -31,28 +41,67 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import notify_closing, wait_readable, wait_writable
 
-__all__ = ["WaitSlot", "Watchdog", "raw_socket", "receive", "send_all"]
+__all__ = [
+    "ClientGone",
+    "WaitSlot",
+    "Watchdog",
+    "client_socket",
+    "raw_socket",
+    "receive",
+    "send_all",
+]
+
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class ClientGone(trio.BrokenResourceError):
+    """The client closed its connection while we waited on another socket (the upstream).
+    The socket of that wait was woken with ``notify_closing``: close it, never reuse it."""
 
 
 class WaitSlot:
-    """The wait one connection task is in: socket and deadline (``inf``: none)."""
+    """The wait one connection task is in: socket, start and deadline (``inf``: none), and
+    the connection's own ``client`` socket (None: not watched)."""
 
-    __slots__ = ("clock", "deadline", "expired", "sock")
+    __slots__ = (
+        "client",
+        "client_gone",
+        "clock",
+        "deadline",
+        "expired",
+        "peeked",
+        "since",
+        "sock",
+    )
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.deadline = math.inf
         self.expired = False
         self.sock: socket.socket | None = None
+        self.client: socket.socket | None = None
+        self.client_gone = False
+        self.since = 0.0
+        # the watchdog's last peek at the client (at most one per peek_after seconds)
+        self.peeked = -math.inf
 
 
 class Watchdog:
     """Enforces the deadlines of many ``WaitSlot`` with one task, ``tick`` seconds apart;
     deadlines are ``clock()`` values."""
 
-    def __init__(self, tick: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        tick: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        peek_after: float = 1.0,
+    ) -> None:
         self.tick = tick
         self.clock = clock
+        # how long a wait on another socket than the client's lasts before the client is
+        # checked, and the least time between two checks of one slot
+        self.peek_after = peek_after
         self._slots: set[WaitSlot] = set()
 
     def slot(self) -> WaitSlot:
@@ -64,14 +113,29 @@ class Watchdog:
         self._slots.discard(slot)
 
     def check(self, now: float) -> int:
-        """Wake the expired waits; returns how many."""
+        """Wake the expired waits, and the long waits on the upstream of a client that
+        left; returns how many."""
         fired = 0
+        peek_after = self.peek_after
         for slot in self._slots:
             if slot.deadline <= now:
                 slot.deadline = math.inf
                 slot.expired = True
                 if slot.sock is not None:
                     notify_closing(slot.sock)
+                fired += 1
+                continue
+            sock = slot.sock
+            client = slot.client
+            if sock is None or client is None or sock is client:
+                continue
+            last = slot.since if slot.since > slot.peeked else slot.peeked
+            if now - last < peek_after:
+                continue
+            slot.peeked = now
+            if _left(client):
+                slot.client_gone = True
+                notify_closing(sock)
                 fired += 1
         return fired
 
@@ -80,6 +144,25 @@ class Watchdog:
         while True:
             await trio.sleep(self.tick)
             self.check(self.clock())
+
+
+def _left(client: socket.socket) -> bool:
+    """Whether the client closed its side (nginx: ``recv(fd, buf, 1, MSG_PEEK)``)."""
+    try:
+        return not client.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return False  # alive, nothing sent
+    except OSError:
+        return True  # reset, or closed under us
+
+
+def client_socket(stream: object) -> socket.socket | None:
+    """The stdlib socket of a client connection, plain or TLS (under a ``trio.SSLStream``),
+    for the watchdog's peeks: never read from or written to."""
+    raw = raw_socket(stream)
+    if raw is None and isinstance(stream, trio.SSLStream):
+        raw = raw_socket(stream.transport_stream)
+    return raw
 
 
 def raw_socket(stream: object) -> socket.socket | None:
@@ -100,12 +183,17 @@ async def _wait(
         await wait(raw)
         return
     if slot is not None:
+        # the flags are False here: the watchdog sets them only during a wait, and the
+        # finally clause clears them (also when the wait ended before it woke it)
         slot.sock = raw
-        slot.expired = False
-        slot.deadline = slot.clock() + timeout
+        now = slot.clock()
+        slot.since = now
+        slot.deadline = now + timeout
         try:
             await wait(raw)
         except trio.ClosedResourceError:
+            if slot.client_gone:
+                raise ClientGone("the client closed its connection") from None
             if slot.expired:
                 raise trio.TooSlowError from None
             raise
@@ -113,6 +201,7 @@ async def _wait(
             slot.deadline = math.inf
             slot.sock = None
             slot.expired = False
+            slot.client_gone = False
         return
     with trio.move_on_after(timeout):
         await wait(raw)

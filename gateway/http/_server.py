@@ -31,7 +31,7 @@ from gateway.http._events import (
     Limits,
     RequestHead,
 )
-from gateway.http._io import WaitSlot, Watchdog, raw_socket, receive, send_all
+from gateway.http._io import WaitSlot, Watchdog, client_socket, raw_socket, receive, send_all
 from gateway.http._parser import Backend, RequestParser, make_request_parser
 
 __all__ = [
@@ -340,6 +340,8 @@ async def serve_connection(
         tracker.add(conn, scope)
     if watchdog is not None:
         conn.slot = watchdog.slot()
+        # watched while the connection waits on an upstream (a client that leaves then)
+        conn.slot.client = conn.sock if conn.sock is not None else client_socket(stream)
     try:
         with scope:
             await _serve(

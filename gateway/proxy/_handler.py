@@ -16,6 +16,11 @@ Theory of operation (one task per client connection, requests in order):
 5. The response head goes through ``header_filter``; the body is streamed (``body_filter``
    per chunk) with the client's framing chosen by us. ``log`` runs at the end.
 
+A client that leaves while we wait on the upstream is seen by the server's watchdog (which
+peeks at its socket, as nginx): the wait raises ``ClientGone``, the upstream connection is
+closed, nothing is retried or reported to the balancer's health checks, and the log phase
+sees 499.
+
 Timeouts are the service's ``connect_timeout``, ``write_timeout`` (between two successful
 writes) and ``read_timeout`` (between two successful reads), in milliseconds, as nginx.
 """
@@ -37,6 +42,7 @@ from gateway.http import (
     LAST_CHUNK,
     NEED_DATA,
     Backend,
+    ClientGone,
     HeaderList,
     HttpError,
     Limits,
@@ -361,6 +367,20 @@ class ProxyHandler:
             await self._exit(conn, ex, exit_)
         except UpstreamFailure as upstream_failure:
             await self._error(conn, ex, upstream_failure.status, upstream_failure.message)
+        except ClientGone:
+            # as nginx (ngx_http_upstream_check_broken_connection): the upstream connection
+            # is closed already (_exchange), the client's is closed quietly by the server,
+            # and the log phase sees 499 unless a response was on its way
+            conn.keep_alive = False
+            log.info(
+                "client closed the connection while waiting for the upstream; upstream "
+                "connection closed (%s %s)",
+                head.method,
+                head.target,
+            )
+            if ex.ctx is not None and not conn.response_started:
+                ex.ctx.response = Response(status=499, headers=Headers(), source="error")
+            raise
         except (HttpError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:
@@ -890,6 +910,11 @@ class ProxyHandler:
                 if ev.status < 200 and not (ev.status == 101 and ex.ws):
                     continue
                 break
+        except ClientGone:
+            # the client left while we waited on this connection (which is unusable now):
+            # not the target's fault (no health report) and nobody to retry for
+            self.pool.discard(upstream)
+            raise
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HttpError) as exc:
             self.pool.discard(upstream)
             if upstream.reused and replayable and not sent_body and not got_bytes:
@@ -1026,6 +1051,9 @@ class ProxyHandler:
                     )
                 else:
                     break
+        except ClientGone:
+            conn.keep_alive = False
+            raise  # nobody to send the rest to (_exchange closes the upstream connection)
         except (HttpError, trio.BrokenResourceError, OSError, trio.TooSlowError) as exc:
             # the head is gone: all we can do is cut the connection so the client notices
             log.info("upstream failed in the middle of a response: %r", exc)

@@ -252,3 +252,108 @@ def test_watchdog_deadlines_follow_its_clock() -> None:
 
     waited = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert 30.0 <= waited <= 30.1
+
+
+def _watched_wait(client_side: Any) -> tuple[type[BaseException] | None, float, float]:
+    """An upstream wait (30 s read timeout) of a watched slot on Trio's mock clock, while
+    ``client_side(peer)`` acts on the client's end after 0.2 s: what the wait raised, when
+    (virtual seconds), and the slot's last peek."""
+    from gateway.http import Watchdog
+    from gateway.http._io import receive
+
+    async def main() -> tuple[type[BaseException] | None, float, float]:
+        client, client_peer = socket.socketpair()
+        upstream, upstream_peer = socket.socketpair()
+        for sock in (client, upstream):
+            sock.setblocking(False)
+        dog = Watchdog(tick=0.05, clock=trio.current_time)
+        slot = dog.slot()
+        slot.client = client
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(upstream))
+        started = trio.current_time()
+        raised: type[BaseException] | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dog.run)
+                await trio.sleep(0.2)
+                client_side(client_peer)
+                try:
+                    await receive(stream, timeout=30.0, wait_first=True, slot=slot)
+                except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    raised = type(exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            for sock in (client, client_peer, upstream, upstream_peer):
+                sock.close()
+        return raised, trio.current_time() - started, slot.peeked - started
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_watchdog_wakes_an_upstream_wait_when_the_client_half_closes() -> None:
+    from gateway.http import ClientGone
+
+    raised, waited, _ = _watched_wait(lambda peer: peer.shutdown(socket.SHUT_WR))
+    assert raised is ClientGone
+    # the wait started at 0.2 s; the client is checked once it has lasted 1 s
+    assert 1.2 <= waited <= 1.3
+
+
+def test_watchdog_wakes_an_upstream_wait_when_the_client_resets() -> None:
+    from gateway.http import ClientGone
+
+    def reset(peer: socket.socket) -> None:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        peer.close()
+
+    raised, waited, _ = _watched_wait(reset)
+    assert raised is ClientGone
+    assert 1.2 <= waited <= 1.3
+
+
+def test_watchdog_leaves_a_client_with_pending_data_alone() -> None:
+    """A pipelined request waiting in the client's socket: alive, peeked once a second."""
+    raised, waited, peeked = _watched_wait(lambda peer: peer.send(b"GET /next HTTP/1.1\r\n"))
+    assert raised is trio.TooSlowError
+    assert 30.0 <= waited <= 30.3
+    assert 29.0 <= peeked <= 30.3
+
+
+def test_watchdog_leaves_a_silent_client_alone() -> None:
+    raised, waited, _ = _watched_wait(lambda peer: None)
+    assert raised is trio.TooSlowError
+    assert 30.0 <= waited <= 30.3
+
+
+def test_watchdog_peeks_only_long_waits_on_another_socket_than_the_client() -> None:
+    """Waits on the client itself are never peeked (their own read sees the EOF), nor waits
+    shorter than ``peek_after``; one slot is peeked at most once per ``peek_after``."""
+    from gateway.http import Watchdog
+
+    async def main() -> None:
+        client, peer = socket.socketpair()
+        upstream, upstream_peer = socket.socketpair()
+        dog = Watchdog(clock=trio.current_time, peek_after=1.0)
+        slot = dog.slot()
+        slot.client = client
+        peer.shutdown(socket.SHUT_WR)
+        try:
+            slot.sock, slot.since = client, 0.0
+            assert dog.check(10.0) == 0
+            assert not slot.client_gone
+            slot.sock = upstream
+            slot.since = 9.5
+            assert dog.check(10.0) == 0  # 0.5 s into the wait: not yet
+            slot.peeked, slot.since = 10.5, 9.0
+            assert dog.check(11.0) == 0  # peeked 0.5 s ago
+            assert dog.check(11.5) == 1
+            assert slot.client_gone
+            assert slot.peeked == 11.5
+            slot.client_gone = False
+            slot.client = None  # not watched (no socket known)
+            assert dog.check(20.0) == 0
+        finally:
+            for sock in (client, peer, upstream, upstream_peer):
+                sock.close()
+
+    trio.run(main, clock=trio.testing.MockClock())

@@ -13,16 +13,32 @@ complete message.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import h11
 import pytest
 import trio
-from proxy_support import Client, request, simple_config, start_proxy
+from proxy_support import (
+    Client,
+    config,
+    plugin,
+    request,
+    route,
+    service,
+    simple_config,
+    start_proxy,
+    uid,
+)
 
+import gateway.proxy._pipeline as pipeline
 from gateway.http import BACKENDS as ALL_BACKENDS
+from gateway.plugins import Context, Plugin, get_plugin
+from gateway.schema import Record
+from gateway.schema.entities import ENTITIES
 
 BACKENDS = pytest.mark.parametrize("backend", ALL_BACKENDS)
 FRAMINGS = pytest.mark.parametrize("framing", ["chunked", "content-length"])
@@ -439,11 +455,11 @@ async def test_client_that_stops_reading_is_cut_after_the_send_timeout(
     await assert_next_request_works(port, up)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the proxy notices a client that left only when it next writes to it (nginx "
-    "watches the client while it waits for the upstream, and closes the upstream: 499)",
-)
+# a client that leaves while the proxy waits on the upstream is seen by the watchdog once the
+# wait has lasted 1 s (then every second): the upstream connection closes 1 to 2 s after
+DETECTION = 2.5
+
+
 async def test_client_leaving_while_the_upstream_is_silent_closes_the_upstream_connection(
     nursery: trio.Nursery,
 ) -> None:
@@ -464,10 +480,131 @@ async def test_client_leaving_while_the_upstream_is_silent_closes_the_upstream_c
         await client.send_all(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n")
         await read_head(client)
     await client.aclose()
-    # today the upstream connection stays open until the service's read_timeout (60 s)
-    with trio.move_on_after(1.0):
+    # not at the service's read_timeout (60 s)
+    with trio.move_on_after(DETECTION):
         await upstream_closed.wait()
     assert upstream_closed.is_set()
+
+
+class StatusLog(Plugin):
+    """Records the status the log phase sees."""
+
+    name = "test-status-log"
+    version = "1.0.0"
+    priority = 1
+    config_schema: ClassVar[Record] = Record([])
+    seen: ClassVar[list[int | None]] = []
+
+    def log(self, ctx: Context) -> None:
+        StatusLog.seen.append(ctx.response.status if ctx.response is not None else None)
+
+
+def passive_config(ports: list[int]) -> dict[str, Any]:
+    """A service on an upstream with a target per port, 5 retries, and passive health checks
+    that a single failure of any kind would trip."""
+    checks = ENTITIES["upstreams"].defaults()["healthchecks"]
+    checks["passive"]["unhealthy"].update(tcp_failures=1, timeouts=1, http_failures=1)
+    upstream = {
+        **ENTITIES["upstreams"].defaults(),
+        "id": uid(),
+        "name": "two.test",
+        "healthchecks": checks,
+    }
+    targets = [
+        {
+            **ENTITIES["targets"].defaults(),
+            "id": uid(),
+            "upstream": {"id": upstream["id"]},
+            "target": f"127.0.0.1:{port}",
+        }
+        for port in ports
+    ]
+    svc = service(80, host="two.test", retries=5)
+    return config(
+        services=[svc],
+        routes=[route(svc)],
+        upstreams=[upstream],
+        targets=targets,
+        plugins=[plugin("test-status-log")],
+    )
+
+
+async def test_client_half_closing_before_the_response_head_closes_the_upstream_connection(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As nginx: 499, the upstream connection closed, no retry elsewhere, and not the
+    target's failure for the passive health checks; the client gets no response."""
+    monkeypatch.setattr(
+        pipeline,
+        "get_plugin",
+        lambda name: StatusLog if name == StatusLog.name else get_plugin(name),
+    )
+    StatusLog.seen = []
+    caplog.set_level(logging.INFO, logger="gateway.proxy")
+    requested = trio.Event()
+    closed: list[float] = []
+
+    async def script(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        requested.set()
+        try:
+            assert await stream.receive_some(BLOCK) == b""  # never answers
+        finally:
+            closed.append(trio.current_time())
+
+    ups = [await start_upstream(nursery, script) for _ in range(2)]
+    port, state = await start_proxy(nursery, passive_config([up.port for up in ups]))
+    client = await open_client(port)
+    with trio.fail_after(TIMEOUT):
+        await client.send_all(b"GET /slow HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        await requested.wait()
+    client.socket.shutdown(socket.SHUT_WR)
+    left = trio.current_time()
+    with trio.fail_after(DETECTION):
+        assert await client.receive_some(BLOCK) == b""  # closed, no 502 to a gone client
+    await trio.sleep(0.3)  # time for a retry to show
+    assert len(closed) == 1
+    assert closed[0] - left <= DETECTION
+    assert sum(up.connections for up in ups) == 1
+    await client.aclose()
+    assert StatusLog.seen == [499]
+    assert "client closed the connection while waiting for the upstream" in caplog.text
+    balancer = state.current.balancers.get("two.test")
+    assert balancer is not None
+    assert {item["health"] for item in balancer.health_snapshot()} == {"HEALTHY"}
+
+
+async def test_client_with_a_pipelined_request_waiting_is_not_gone(nursery: trio.Nursery) -> None:
+    """Bytes in the client's socket (the next request, sent while the proxy waits on a slow
+    upstream) mean the client is there: both requests are answered."""
+
+    async def script(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            while (end := buf.find(b"\r\n\r\n")) < 0:
+                data = await stream.receive_some(BLOCK)
+                if not data:
+                    return
+                buf += data
+            del buf[: end + 4]
+            await trio.sleep(1.6)  # past the watchdog's first look at the client
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+
+    up = await start_upstream(nursery, script)
+    port, _ = await start_proxy(nursery, simple_config(up.port))
+    client = await open_client(port)
+    with trio.fail_after(TIMEOUT):
+        await client.send_all(b"GET /first HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        await trio.sleep(0.3)  # the proxy has read the first request and waits upstream
+        # the next one stays in the socket until the first is answered
+        await client.send_all(b"GET /next HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        for _ in range(2):
+            head, rest = await read_head(client)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            body = Counter()
+            await read_exactly(client, rest, 4, body)
+            assert body.digest.digest() == hashlib.sha256(b"slow").digest()
+    await client.aclose()
 
 
 @BACKENDS

@@ -171,6 +171,47 @@ async def start_tls_proxy(nursery: trio.Nursery) -> int:
     return port
 
 
+async def test_tls_client_leaving_while_the_upstream_is_silent_closes_the_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    """The watchdog peeks the TCP socket under the TLS stream (as nginx peeks the fd): a
+    client gone without close_notify is seen within 1-2 s. (One that sent close_notify
+    leaves bytes there, which reads as alive, as in nginx.)"""
+    requested, closed = trio.Event(), trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        try:
+            await stream.receive_some(65536)  # the request
+            requested.set()
+            await stream.receive_some(65536)  # never answered: until the proxy closes
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            closed.set()
+            await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    up_port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, silent, listeners)
+    svc = service(up_port)
+    settings = FakeSettings(proxy_listen=(ListenAddress(host="127.0.0.1", port=0, ssl=True),))
+    port, _ = await start_proxy(
+        nursery, config(services=[svc], routes=[route(svc)]), settings=settings
+    )
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, ctx, server_hostname="whatever.test")
+    with trio.fail_after(5):
+        await stream.do_handshake()
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: whatever.test\r\n\r\n")
+        await requested.wait()
+    await tcp.aclose()  # no close_notify
+    with trio.fail_after(2.5):
+        await closed.wait()
+
+
 async def test_generated_default_certificate(nursery: trio.Nursery) -> None:
     port = await start_tls_proxy(nursery)
     cn, data = await tls_get(port, "whatever.test", None)
