@@ -120,8 +120,10 @@ async def start_http_api(
     certs: tuple[str, ...],
     keys: tuple[str, ...],
     name: str,
+    access_log: str | Path = "off",
 ) -> list[tuple[str, int]]:
-    """Bind ``addresses`` (plain and ``ssl``) and serve ``app`` on them."""
+    """Bind ``addresses`` (plain and ``ssl``) and serve ``app`` on them, logging each
+    request to ``access_log``."""
     bound: list[tuple[str, int]] = []
     plain = [a for a in addresses if not a.ssl]
     secure = [a for a in addresses if a.ssl]
@@ -135,7 +137,12 @@ async def start_http_api(
         bound.extend(bound_address(lst) for lst in listeners)
         await nursery.start(
             lambda task_status, lst=listeners, ctx=ssl_context: serve_http(
-                app, lst, ssl_context=ctx, name=name, task_status=task_status
+                app,
+                lst,
+                ssl_context=ctx,
+                name=name,
+                access_log=access_log,
+                task_status=task_status,
             )
         )
     for host, port in bound:
@@ -155,6 +162,7 @@ async def start_admin_api(
             certs=settings.admin_ssl_cert,
             keys=settings.admin_ssl_cert_key,
             name="admin",
+            access_log=settings.admin_access_log,
         )
     )
 
@@ -171,6 +179,7 @@ async def start_status_api(
             certs=settings.status_ssl_cert,
             keys=settings.status_ssl_cert_key,
             name="status",
+            access_log=settings.status_access_log,
         )
     )
 

@@ -13,11 +13,13 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 
+from gateway._access_log import AccessLog, basic_user, combined_line, open_access_log
 from gateway._version import __version__
 from gateway.admin._app import AdminRequest, AdminResponse
 
@@ -39,29 +41,45 @@ async def serve_http(
     ssl_context: ssl.SSLContext | None = None,
     max_body: int = 16 * 1024 * 1024,
     name: str = "admin",
+    access_log: str | Path = "off",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``listeners`` until cancelled."""
+    """Serve ``app`` on ``listeners`` until cancelled; one line per request in
+    ``access_log`` (``off``, ``stdout``, ``stderr`` or a path)."""
     wrapped: list[trio.abc.Listener[trio.abc.Stream]] = []
     for listener in listeners:
         if ssl_context is not None:
             wrapped.append(trio.SSLListener(listener, ssl_context, https_compatible=True))
         else:
             wrapped.append(listener)
-    handler = partial(_serve_connection, app, max_body=max_body, name=name)
+    async with open_access_log(access_log) as log_to:
+        handler = partial(_serve_connection, app, max_body=max_body, name=name, log_to=log_to)
+        await _serve(handler, wrapped, task_status)
+
+
+async def _serve(
+    handler: Callable[[trio.abc.Stream], Awaitable[None]],
+    wrapped: list[trio.abc.Listener[trio.abc.Stream]],
+    task_status: trio.TaskStatus[None],
+) -> None:
     async with trio.open_nursery() as nursery:
         # One task per connection, supervised by serve_listeners' nursery.
         await nursery.start(partial(trio.serve_listeners, handler, wrapped))
         task_status.started()
 
 
-async def _serve_connection(app: App, stream: trio.abc.Stream, *, max_body: int, name: str) -> None:
+async def _serve_connection(
+    app: App, stream: trio.abc.Stream, *, max_body: int, name: str, log_to: AccessLog | None
+) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+    client = _peer_ip(stream) if log_to is not None else ""
     try:
         while True:
             request, body, error = await _read_request(conn, stream, max_body)
             if error is not None:
                 await _send(conn, stream, error, close=True)
+                if log_to is not None:
+                    _log(log_to, client, None, error)
                 await _linger(stream)
                 return
             if request is None:
@@ -74,6 +92,8 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, *, max_body: int,
             if request.method == b"HEAD":
                 response = AdminResponse(status=response.status, headers=response.headers)
             await _send(conn, stream, response, close=False)
+            if log_to is not None:
+                _log(log_to, client, request, response)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -85,6 +105,48 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, *, max_body: int,
         with trio.move_on_after(1) as scope:
             scope.shield = True
             await stream.aclose()
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    transport: object = stream
+    while isinstance(transport, trio.SSLStream):
+        transport = transport.transport_stream
+    if isinstance(transport, trio.SocketStream):
+        try:
+            return str(transport.socket.getpeername()[0])
+        except OSError:
+            pass
+    return "-"
+
+
+def _log(
+    log_to: AccessLog, client: str, request: h11.Request | None, response: AdminResponse
+) -> None:
+    """One line in nginx's ``combined`` format (Kong's admin and status ``access_log``)."""
+    request_line = b""
+    referer = user_agent = authorization = None
+    if request is not None:
+        request_line = b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)
+        for k, v in request.headers:
+            if k == b"user-agent":
+                user_agent = v
+            elif k == b"referer":
+                referer = v
+            elif k == b"authorization":
+                authorization = v
+    sent = len(response.body) if response.status != 204 else 0
+    log_to.write(
+        combined_line(
+            log_to.stamp(),
+            client,
+            request_line,
+            response.status,
+            sent,
+            remote_user=basic_user(authorization),
+            referer=referer,
+            user_agent=user_agent,
+        )
+    )
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

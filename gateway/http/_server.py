@@ -173,6 +173,11 @@ class ServerConnection:
         self.body_done = True
         self.continue_sent = False
         self.response_started = False
+        # for the access log: the status of the response head written for the current
+        # request, that head's size, and the bytes sent since the request began
+        self.status = 0
+        self.head_size = 0
+        self.sent = 0
         self.requests = 0
         self.idle = False
         # the scope the tracker cancels to drain this connection
@@ -250,6 +255,7 @@ class ServerConnection:
             await send_all(
                 self.stream, data, timeout=self.send_timeout, slot=self.slot, sock=self.sock
             )
+            self.sent += len(data)
 
     async def send_simple(
         self, status: int, headers: HeaderList, body: bytes, *, head_only: bool = False
@@ -259,7 +265,10 @@ class ServerConnection:
         if not self.keep_alive or not self.body_done:
             headers.append((b"connection", b"close"))
             self.keep_alive = False
-        self.write(encode_response_head(status, None, headers))
+        data = encode_response_head(status, None, headers)
+        self.status = status
+        self.head_size = len(data)
+        self.write(data)
         if body and not head_only:
             self.write(body)
         await self.flush()
@@ -391,6 +400,7 @@ async def _serve(
             conn.body_done = not head.has_body
             conn.continue_sent = False
             conn.response_started = False
+            conn.status = conn.sent = 0
             if not head.keep_alive:
                 conn.keep_alive = False
             try:

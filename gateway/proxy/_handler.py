@@ -32,10 +32,12 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from gateway._access_log import AccessLog, basic_user, combined_line
 from gateway._version import __version__
 from gateway.http import (
     END,
@@ -143,8 +145,11 @@ class ProxyOptions:
         client_body_timeout: float = 60.0,
         client_send_timeout: float = 60.0,
         keepalive_timeout: float = 60.0,
+        access_log: str | Path = "off",
     ) -> None:
         self.backend: Backend = backend
+        # proxy_access_log: "off", "stdout", "stderr" or a path (serve_proxy opens it)
+        self.access_log: str | Path = access_log
         self.limits = limits or Limits()
         self.upstream_limits = Limits(max_header_bytes=64 * 1024, max_headers=200)
         self.trusted_ips = tuple(trusted_ips)
@@ -191,6 +196,7 @@ class ProxyOptions:
             "pool_size": int(g(settings, "upstream_keepalive_pool_size", 512)),
             "pool_max_requests": int(g(settings, "upstream_keepalive_max_requests", 10000)),
             "pool_idle_timeout": float(g(settings, "upstream_keepalive_idle_timeout", 60.0)),
+            "access_log": g(settings, "proxy_access_log", "off"),
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -334,10 +340,17 @@ class _Exchange:
 class ProxyHandler:
     """The ``gateway.http`` handler of the proxy listeners."""
 
-    def __init__(self, state: ProxyState, options: ProxyOptions, pool: ConnectionPool) -> None:
+    def __init__(
+        self,
+        state: ProxyState,
+        options: ProxyOptions,
+        pool: ConnectionPool,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.state = state
         self.options = options
         self.pool = pool
+        self.access_log = access_log
 
     # -- entry ------------------------------------------------------------------------------
     async def __call__(self, conn: ServerConnection, head: RequestHead) -> None:
@@ -362,6 +375,8 @@ class ProxyHandler:
             await self._run(conn, ex)
         except ClientFailure as client_failure:
             conn.keep_alive = False
+            if not conn.response_started:
+                conn.status = _failure_status(client_failure.error)
             raise client_failure.error from None
         except ExitResponse as exit_:
             await self._exit(conn, ex, exit_)
@@ -378,10 +393,20 @@ class ProxyHandler:
                 head.method,
                 head.target,
             )
-            if ex.ctx is not None and not conn.response_started:
-                ex.ctx.response = Response(status=499, headers=Headers(), source="error")
+            if not conn.response_started:
+                conn.status = 499
+                if ex.ctx is not None:
+                    ex.ctx.response = Response(status=499, headers=Headers(), source="error")
             raise
-        except (HttpError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (
+            HttpError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as exc:
+            if not conn.response_started:
+                # what the server answers (a client error) or nothing (the client is gone)
+                conn.status = _failure_status(exc)
             raise
         except Exception:
             log.exception("error while proxying %s %s", head.method, head.target)
@@ -394,6 +419,34 @@ class ProxyHandler:
                 # the body reader closure holds the context: without this, every request
                 # with plugins left a reference cycle (~40 objects) for the collector
                 ex.ctx._body_reader = None
+            if self.access_log is not None:
+                self._access_log(conn, ex, self.access_log)
+
+    def _access_log(self, conn: ServerConnection, ex: _Exchange, access_log: AccessLog) -> None:
+        # Kong's kong_log_format: nginx's combined, then the request id.
+        # NOTE: the gateway generates no request id (no X-Kong-Request-Id): the field is
+        # written as nginx writes an empty variable, "-" (test_access_log_proxy_line).
+        head = ex.head
+        referer = user_agent = authorization = None
+        for k, v in head.headers:
+            if k == b"user-agent":
+                user_agent = v
+            elif k == b"referer":
+                referer = v
+            elif k == b"authorization":
+                authorization = v
+        status = conn.status
+        line = combined_line(
+            access_log.stamp(),
+            ex.forwarded_ip,
+            f"{head.method} {head.target} HTTP/{head.version}".encode("latin-1", "replace"),
+            status,
+            max(conn.sent - conn.head_size, 0) if status else 0,
+            remote_user=basic_user(authorization) if authorization is not None else None,
+            referer=referer,
+            user_agent=user_agent,
+        )
+        access_log.write(line + b' kong_request_id: "-"')
 
     def _client_address(self, conn: ServerConnection, ex: _Exchange) -> None:
         ip = conn.info.client_ip
@@ -1030,7 +1083,10 @@ class ProxyHandler:
         elif head.version == "1.0":
             headers.append((b"connection", b"keep-alive"))
         reason = resp.reason if status == resp.status and resp.reason else None
-        conn.write(encode_response_head(status, reason, headers))
+        data = encode_response_head(status, reason, headers)
+        conn.status = status
+        conn.head_size = len(data)
+        conn.write(data)
         try:
             while True:
                 ev = parser.next_event()
@@ -1086,7 +1142,10 @@ class ProxyHandler:
             headers.append((b"via", VIA))
         if ex.set_cookie is not None:
             _add_hash_cookie(headers, ex.set_cookie)
-        conn.write(encode_response_head(101, resp.reason, headers))
+        data = encode_response_head(101, resp.reason, headers)
+        conn.status = 101
+        conn.head_size = len(data)
+        conn.write(data)
         if upstream_rest:
             conn.write(upstream_rest)
         await conn.flush()
@@ -1119,6 +1178,15 @@ class ProxyHandler:
         finally:
             self.pool.discard(upstream)
             conn.body_done = True
+
+
+def _failure_status(exc: BaseException) -> int:
+    """The status the access log shows for a request the handler gave up on."""
+    if isinstance(exc, HttpError):
+        return exc.status
+    if isinstance(exc, trio.TooSlowError):
+        return 408
+    return 499  # the client's connection broke before any response
 
 
 def _add_hash_cookie(headers: HeaderList, set_cookie: bytes) -> None:

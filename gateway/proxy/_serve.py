@@ -7,7 +7,8 @@ Task tree (all inside the caller's nursery, which ``serve_proxy`` borrows by run
     ├── request counter publisher               (worker processes: to the load board)
     ├── pool sweeper                            (closes idle upstream connections)
     ├── active health checks of the balancers   (reads state.current each round)
-    └── connections nursery (shielded)          (one task per client connection)
+    ├── connections nursery (shielded)          (one task per client connection)
+    └── access log flusher                      (proxy_access_log; outlives the drain)
 
 On cancellation the accept loops stop and the listening sockets close, idle keep-alive
 connections are closed, busy ones finish their current response; after ``drain_timeout``
@@ -28,6 +29,7 @@ from typing import Any
 
 import trio
 
+from gateway._access_log import open_access_log
 from gateway.http import ConnectionInfo, ConnectionTracker, Watchdog, serve_connection
 from gateway.proxy._balance import ACCEPT_DEFER, REQUESTS_PUBLISH_INTERVAL, LoadBoard
 from gateway.proxy._errors import error_body
@@ -122,7 +124,32 @@ async def serve_proxy(
         max_requests=opts.pool_max_requests,
         idle_timeout=opts.pool_idle_timeout,
     )
-    handler = ProxyHandler(state, opts, pool)
+    async with open_access_log(opts.access_log) as access_log:
+        await _serve(
+            settings,
+            state,
+            opts,
+            listen,
+            pool,
+            ProxyHandler(state, opts, pool, access_log),
+            drain_timeout,
+            board,
+            task_status,
+        )
+
+
+async def _serve(
+    settings: Any,
+    state: ProxyState,
+    opts: ProxyOptions,
+    listen: list[ListenSocket],
+    pool: ConnectionPool,
+    handler: ProxyHandler,
+    drain_timeout: float,
+    board: LoadBoard | None,
+    task_status: trio.TaskStatus[list[tuple[str, int]]],
+) -> None:
+    """The listeners, connections and drain of ``serve_proxy`` (inside its access log)."""
     tls_context: ssl.SSLContext | None = None
     if any(ls.ssl for ls in listen):
         tls_context = listening_context(

@@ -219,7 +219,9 @@ class Settings:
         "logs/access.log",
         parse_log_target,
         type=_LOG_TYPE,
-        doc="Access log of the proxy listeners.",
+        doc="Access log of the proxy listeners: one line per request in Kong's "
+        "kong_log_format (nginx's combined, then kong_request_id), written by every worker "
+        "process (docs/reference/proxy.md#access-log).",
         roles=_PROXYING,
     )
     proxy_error_log: LogTarget = _setting(
@@ -229,7 +231,7 @@ class Settings:
         "logs/admin_access.log",
         parse_log_target,
         type=_LOG_TYPE,
-        doc="Access log of the Admin API.",
+        doc="Access log of the Admin API: one line per request in nginx's combined format.",
         roles=_WITH_DB,
     )
     admin_error_log: LogTarget = _setting(
@@ -240,7 +242,10 @@ class Settings:
         roles=_WITH_DB,
     )
     status_access_log: LogTarget = _setting(
-        "off", parse_log_target, type=_LOG_TYPE, doc="Access log of the Status API."
+        "off",
+        parse_log_target,
+        type=_LOG_TYPE,
+        doc="Access log of the Status API: one line per request in nginx's combined format.",
     )
     status_error_log: LogTarget = _setting(
         "logs/status_error.log",
