@@ -166,6 +166,12 @@ def main() -> None:
         help="seconds each process is also counted idle, to take its timers off",
     )
     parser.add_argument(
+        "--access-log",
+        default="off",
+        metavar="TARGET",
+        help="the gateway's proxy_access_log (default off, as nginx's access_log off here)",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         metavar="DIR",
@@ -223,6 +229,8 @@ def main() -> None:
                 str(routes),
                 "--backend",
                 args.backend,
+                "--access-log",
+                str(args.access_log),
             ]
             extra = f"apikey: {API_KEY}\r\n" if case == "b" else ""
             results.append((label, measure(label, cmd, port, args, extra)))

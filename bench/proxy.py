@@ -204,7 +204,7 @@ def serve_gateway(args: argparse.Namespace) -> None:
         worker_processes = args.workers
 
     config = build_config(args.upstream, args.case, args.routes)
-    options = ProxyOptions(backend=args.backend)
+    options = ProxyOptions(backend=args.backend, access_log=args.access_log)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -310,6 +310,8 @@ class Gateway:
                 str(routes),
                 "--backend",
                 args.backend,
+                "--access-log",
+                str(args.access_log),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -419,6 +421,13 @@ def main() -> None:
     )
     parser.add_argument("--backend", default="httptools", choices=("h11", "httptools", "fast"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--access-log",
+        default="off",
+        metavar="TARGET",
+        help="the gateways' proxy_access_log (default off, as the nginx reference's "
+        "access_log off; a path measures what the log costs)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
