@@ -315,6 +315,9 @@ class ConnectionTracker:
 
 Handler = Callable[[ServerConnection, RequestHead], Awaitable[None]]
 ErrorRenderer = Callable[[int, str], tuple[HeaderList, bytes]]
+# told of a request refused before any handler saw it (the parser's 400, 414, 431, 505):
+# the connection, its response written
+Refused = Callable[["ServerConnection"], None]
 
 
 def json_error(status: int, message: str) -> tuple[HeaderList, bytes]:
@@ -337,8 +340,13 @@ async def serve_connection(
     extra_headers: HeaderList | None = None,
     tracker: ConnectionTracker | None = None,
     watchdog: Watchdog | None = None,
+    refused: Refused | None = None,
 ) -> None:
-    """Serve requests on ``stream`` until the client or the handler ends the connection."""
+    """Serve requests on ``stream`` until the client or the handler ends the connection.
+
+    ``refused`` is called after the answer to a request the parser refused (for the access
+    log: no handler saw it).
+    """
     extra_headers = extra_headers or []
     parser = make_request_parser(backend, limits or Limits())
     conn = ServerConnection(
@@ -361,6 +369,7 @@ async def serve_connection(
                 keepalive_timeout,
                 extra_headers,
                 tracker,
+                refused,
             )
     finally:
         if tracker is not None:
@@ -377,6 +386,7 @@ async def _serve(
     keepalive_timeout: float,
     extra_headers: HeaderList,
     tracker: ConnectionTracker | None,
+    refused: Refused | None,
 ) -> None:
     stream = conn.stream
     parser = conn.parser
@@ -390,7 +400,12 @@ async def _serve(
             except HttpError as exc:
                 conn.keep_alive = False
                 headers, body = render_error(exc.status, _public_message(exc.status))
-                await conn.send_simple(exc.status, [*headers, *extra_headers], body)
+                conn.head = None
+                try:
+                    await conn.send_simple(exc.status, [*headers, *extra_headers], body)
+                finally:
+                    if refused is not None:
+                        refused(conn)
                 await _linger(conn)
                 return
             if head is None:

@@ -448,6 +448,22 @@ class ProxyHandler:
         )
         access_log.write(line + b' kong_request_id: "-"')
 
+    def log_refused(self, conn: ServerConnection) -> None:
+        """The access log line of a request the parser refused (no handler saw it): as
+        nginx, the client's address (no trusted_ips: no header was believed) and status;
+        the request line as ``-``, since it may be what was malformed."""
+        access_log = self.access_log
+        if access_log is None:
+            return
+        line = combined_line(
+            access_log.stamp(),
+            conn.info.client_ip,
+            b"",
+            conn.status,
+            max(conn.sent - conn.head_size, 0) if conn.status else 0,
+        )
+        access_log.write(line + b' kong_request_id: "-"')
+
     def _client_address(self, conn: ServerConnection, ex: _Exchange) -> None:
         ip = conn.info.client_ip
         ex.client_ip = ex.forwarded_ip = ip

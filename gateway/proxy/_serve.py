@@ -158,6 +158,8 @@ async def _serve(
             lambda: state.current.plugins.certificate,
         )
     tracker = ConnectionTracker()
+    # requests the parser refused reach no handler: the access log hears of them here
+    refused = handler.log_refused if handler.access_log is not None else None
     state.connections = tracker.__len__
     watchdog = Watchdog()
     # the config and everything imported so far live for long: keep them out of the
@@ -224,6 +226,7 @@ async def _serve(
                 send_timeout=opts.client_send_timeout,
                 tracker=tracker,
                 watchdog=watchdog,
+                refused=refused,
             )
         except Exception:
             # serve_connection lets nothing a client does escape; this is the last line: a
