@@ -15,19 +15,24 @@ escapes variables in a log line (``"``, ``\\``, control and non-ASCII bytes as `
 so a client cannot forge a line (a CR LF in a header or in the request target).
 ``[$time_local]`` is formatted once per second.
 
-The target is opened once; reopening it (nginx's ``-s reopen`` after a log rotation) is
-not implemented: rotate with ``copytruncate``.
+A file target is reopened on SIGUSR1, as nginx's ``-s reopen``: a rotation renames the
+file, then signals the node. ``open_access_log`` registers each log with
+``reopen_access_logs``, which the signal handlers call: the node's (``run_until_signal``, its
+Admin and Status API logs and a single-process proxy's) and each worker process's (its proxy
+log); the worker pool registers a hook that forwards the signal to its workers. A log that
+cannot be reopened (its directory is gone) says so and keeps its old descriptor.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -39,9 +44,13 @@ __all__ = [
     "basic_user",
     "combined_line",
     "escape",
+    "on_reopen",
     "open_access_log",
+    "reopen_access_logs",
     "time_local",
 ]
+
+log = logging.getLogger("gateway")
 
 #: The buffer is written once it holds this many bytes...
 FLUSH_BYTES = 64 * 1024
@@ -53,6 +62,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 # what a log line may hold as is: printable ASCII but the quote and the backslash
 _SAFE = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_MODE = 0o644
+# what SIGUSR1 calls in this process (reopen_access_logs), in registration order
+_REOPEN_HOOKS: list[Callable[[], None]] = []
 
 
 def _hex(match: re.Match[bytes]) -> bytes:
@@ -137,8 +150,26 @@ class AccessLog:
             return 2, False
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        return os.open(path, flags, 0o644), True
+        return os.open(path, _FLAGS, _MODE), True
+
+    def reopen(self) -> None:
+        """Flush, then write to the file now at the path (nginx's ``-s reopen``, after a
+        rotation renamed it). The directory is not created again: when the open fails, the
+        error is logged and the lines keep going to the previous file."""
+        if not self._owned or self._fd < 0:
+            return  # stdout, stderr: the process's own descriptors; closed: nothing to do
+        self.flush()
+        try:
+            fd = os.open(self.target, _FLAGS, _MODE)
+        except OSError as exc:
+            log.error(
+                "access log %s: cannot reopen (%s); still writing to the previous file",
+                self.target,
+                exc,
+            )
+            return
+        os.close(self._fd)
+        self._fd = fd
 
     def stamp(self) -> bytes:
         """``$time_local`` of now, formatted at most once per second."""
@@ -198,12 +229,30 @@ async def open_access_log(target: str | Path | None) -> AsyncIterator[AccessLog 
         return
     access_log = AccessLog(target)
     try:
-        async with trio.open_nursery() as nursery:
-            # the flusher lives as long as the servers that write to this log
-            nursery.start_soon(access_log.run_flusher)
-            try:
-                yield access_log
-            finally:
-                nursery.cancel_scope.cancel()
+        with on_reopen(access_log.reopen):
+            async with trio.open_nursery() as nursery:
+                # the flusher lives as long as the servers that write to this log
+                nursery.start_soon(access_log.run_flusher)
+                try:
+                    yield access_log
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         access_log.close()
+
+
+@contextmanager
+def on_reopen(hook: Callable[[], None]) -> Iterator[None]:
+    """Have ``reopen_access_logs`` call ``hook`` while inside (``open_access_log`` registers
+    each log's ``reopen``; the worker pool, the forwarding of the signal to its workers)."""
+    _REOPEN_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _REOPEN_HOOKS.remove(hook)
+
+
+def reopen_access_logs() -> None:
+    """Reopen every access log of this process (what SIGUSR1 does)."""
+    for hook in list(_REOPEN_HOOKS):
+        hook()

@@ -62,13 +62,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def run_until_signal(settings: Settings) -> None:
-    """Run the node; SIGTERM, SIGINT or SIGQUIT stop it gracefully (in-flight requests drain)."""
+    """Run the node; SIGTERM, SIGINT or SIGQUIT stop it gracefully (in-flight requests drain),
+    SIGUSR1 reopens its access logs (nginx's ``-s reopen``, after a log rotation)."""
+    from gateway._access_log import reopen_access_logs
     from gateway._node import serve_node
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+    stop = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+    # SIGUSR1 stays caught until the node is gone: a rotation while it drains kills nothing
+    with trio.open_signal_receiver(*stop, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_node, settings)
             async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    log.info("received SIGUSR1: reopening the access logs")
+                    reopen_access_logs()
+                    continue
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

@@ -54,7 +54,11 @@ worker that exits while the pool runs (backoff 0.1 s doubling to 5 s, reset afte
 uptime). On cancellation -- or SIGTERM/SIGQUIT when ``handle_signals`` -- it closes its own
 copies of the listening sockets (the port refuses connections once every worker has closed its
 copy too, while they drain), sends SIGTERM to every worker, waits ``drain_timeout`` + 2 s,
-then SIGKILLs what is left.
+then SIGKILLs what is left. SIGUSR1 in the node process (``reopen_access_logs``) is forwarded
+to every worker, which reopens its proxy access log (nginx's master does the same for
+``-s reopen``). A worker ignores it from the start of ``_worker_main`` to its receiver and
+while it drains; one sent while its interpreter still starts kills it (it is restarted, and
+had no log open).
 
 With ``worker_processes = 1`` none of this runs: the node calls ``serve_proxy`` directly.
 """
@@ -75,6 +79,7 @@ from typing import Any, NamedTuple
 
 import trio
 
+from gateway._access_log import on_reopen, reopen_access_logs
 from gateway.proxy._balance import LoadBoard
 from gateway.proxy._handler import ProxyOptions
 from gateway.proxy._serve import ListenSocket, bind_listen_sockets, inherited_sockets, serve_proxy
@@ -325,19 +330,21 @@ class WorkerPool:
         task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                for slot in self.slots:
-                    await nursery.start(self._run_slot, slot)
-                if handle_signals:
-                    nursery.start_soon(self._signals, nursery.cancel_scope)
-                task_status.started(self)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._stopping = True
-                    # Now, not once the workers are gone: while they drain, a connection the
-                    # kernel queued on our copy would wait for nobody, then be reset.
-                    self._close_listeners()
+            # SIGUSR1 in this process (reopen_access_logs) reaches the workers' access logs
+            with on_reopen(self._forward_reopen):
+                async with trio.open_nursery() as nursery:
+                    for slot in self.slots:
+                        await nursery.start(self._run_slot, slot)
+                    if handle_signals:
+                        nursery.start_soon(self._signals, nursery.cancel_scope)
+                    task_status.started(self)
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self._stopping = True
+                        # Now, not once the workers are gone: while they drain, a connection
+                        # the kernel queued on our copy would wait for nobody, then be reset.
+                        self._close_listeners()
         finally:
             self._close_listeners()
             self.board.close()
@@ -352,6 +359,15 @@ class WorkerPool:
                 log.info("signal received: draining workers")
                 scope.cancel()
                 return
+
+    def _forward_reopen(self) -> None:
+        """Send SIGUSR1 to every running worker: each reopens its own proxy access log."""
+        for slot in self.slots:
+            if slot.pid is not None:
+                try:
+                    os.kill(slot.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass  # exited meanwhile; its successor opens the log anew
 
     async def _deliver_cancel(self, process: trio.Process) -> None:
         process.terminate()
@@ -574,6 +590,12 @@ async def worker_main() -> None:
                     nursery.cancel_scope.cancel()
                     return
 
+        async def reopen_logs() -> None:
+            # SIGUSR1, forwarded by the supervisor: this worker's proxy access log
+            with trio.open_signal_receiver(signal.SIGUSR1) as rx:
+                async for _ in rx:
+                    reopen_access_logs()
+
         async def report_health_periodically() -> None:
             # Health checks run in each worker; tell the supervisor what this one sees, so
             # the status and Admin APIs can show it (a few hundred bytes every 2 s).
@@ -583,6 +605,7 @@ async def worker_main() -> None:
                     return
 
         nursery.start_soon(signals)
+        nursery.start_soon(reopen_logs)
         nursery.start_soon(control_loop)
         nursery.start_soon(report_health_periodically)
         # connections wait in the shared listen queue, where the other workers take them,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from gateway._access_log import (
     combined_line,
     escape,
     open_access_log,
+    reopen_access_logs,
     time_local,
 )
 
@@ -167,6 +169,55 @@ async def test_stdout_and_stderr(capfd: pytest.CaptureFixture[str]) -> None:
     captured = capfd.readouterr()
     assert captured.out == "to stdout\n"
     assert captured.err == "to stderr\n"
+
+
+def test_reopen_after_a_rename(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(path)
+    log.write(b"old")
+    path.rename(tmp_path / "access.log.1")
+    log.write(b"buffered")  # written before the reopen: with the old lines
+    log.reopen()
+    assert path.read_bytes() == b""
+    assert path.stat().st_mode & 0o777 == 0o644 & ~_umask()
+    log.write(b"new")
+    log.close()
+    assert (tmp_path / "access.log.1").read_bytes() == b"old\nbuffered\n"
+    assert path.read_bytes() == b"new\n"
+
+
+def test_reopen_failure_keeps_the_old_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "logs" / "access.log"
+    log = AccessLog(path)
+    log.write(b"before")
+    (tmp_path / "logs").rename(tmp_path / "gone")  # the directory is not created again
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        log.reopen()
+    assert "cannot reopen" in caplog.text
+    log.write(b"after")
+    log.close()
+    assert not path.exists()
+    assert (tmp_path / "gone" / "access.log").read_bytes() == b"before\nafter\n"
+
+
+async def test_reopen_access_logs_reopens_the_open_file_logs(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "access.log"
+    async with open_access_log(path) as log, open_access_log("stdout") as out:
+        assert log is not None
+        assert out is not None
+        log.write(b"old")
+        out.write(b"out")
+        path.rename(tmp_path / "access.log.1")
+        reopen_access_logs()  # stdout: nothing to reopen
+        log.write(b"new")
+    reopen_access_logs()  # closed logs are no longer registered
+    assert (tmp_path / "access.log.1").read_bytes() == b"old\n"
+    assert path.read_bytes() == b"new\n"
+    assert capfd.readouterr().out == "out\n"
 
 
 def _umask() -> int:

@@ -1,10 +1,12 @@
 """Access logs of a real node: proxy (one process and worker processes), Admin API and
-Status API lines in their files, ``off`` and ``stdout``."""
+Status API lines in their files, ``off`` and ``stdout``, reopened on SIGUSR1."""
 
 from __future__ import annotations
 
 import http.client as http_client
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,46 @@ def test_proxy_admin_and_status_access_logs(
     # the admin calls of the setup are there too, not in the proxy's log
     lines_with(logs / "admin_access.log", r'"POST /services HTTP/1\.1" 201 ', 1)
     assert "/services" not in (logs / "access.log").read_text(encoding="latin-1")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigusr1_reopens_the_access_logs(
+    processes: ProcessGroup, upstream: Upstream, workers: int
+) -> None:
+    node = proxying_node(processes, workers)
+    routed(node, upstream)
+    proxy, admin = node.address("proxy"), node.address("admin")
+    logs = node.prefix / "logs"
+    for i in range(5):
+        assert get(proxy, f"/api/before-{i}")[0] == 200
+    assert get(admin, "/services/s?before")[0] == 200
+    lines_with(logs / "access.log", r"/api/before-\d", 5)
+    lines_with(logs / "admin_access.log", r"/services/s\?before", 1)
+
+    (logs / "access.log").rename(logs / "access.log.1")
+    (logs / "admin_access.log").rename(logs / "admin_access.log.1")
+    assert node.proc is not None
+    os.kill(node.proc.pid, signal.SIGUSR1)
+    # the node has reopened: the admin log in its own process, the proxy's in a worker
+    poll(
+        lambda: (logs / "access.log").exists() and (logs / "admin_access.log").exists(),
+        message="access logs reopened",
+    )
+    for i in range(10):
+        assert get(proxy, f"/api/after-{i}")[0] == 200
+    assert get(admin, "/services/s?after")[0] == 200
+
+    lines_with(logs / "access.log", combined(r"GET /api/after-\d HTTP/1\.1", 200), 10)
+    lines_with(logs / "admin_access.log", r"/services/s\?after", 1)
+    old = (logs / "access.log.1").read_text(encoding="latin-1")
+    assert old.count("/api/before-") == 5
+    assert "/api/after-" not in old
+    assert "/api/before-" not in (logs / "access.log").read_text(encoding="latin-1")
+    assert "?after" not in (logs / "admin_access.log.1").read_text(encoding="latin-1")
+    # the signal stopped nothing: no worker restarted, the node stops cleanly
+    assert node.alive
+    assert "exited" not in node.log_text()
+    assert node.stop() == 0
 
 
 def test_access_logs_off_write_nothing(processes: ProcessGroup, upstream: Upstream) -> None:
