@@ -64,16 +64,15 @@ class Handshake:
     def use_certificate(self, certificate_id: str) -> bool:
         """Serve the ``certificates`` entity ``certificate_id``; False (and no change) when
         the running config has no such certificate."""
-        found = self._certificates.by_id(certificate_id) if self._certificates else None
-        if found is None:
-            return False
-        self._chosen = found
-        return True
+        return self._use(self._certificates.by_id(certificate_id) if self._certificates else None)
 
     def use_certificate_for(self, server_name: str) -> bool:
         """Serve the certificate the config's ``snis`` select for ``server_name`` (exact,
         then wildcard names); False (and no change) when none matches."""
-        found = self._certificates.context_for(server_name) if self._certificates else None
+        certificates = self._certificates
+        return self._use(certificates.context_for(server_name) if certificates else None)
+
+    def _use(self, found: ssl.SSLContext | None) -> bool:
         if found is None:
             return False
         self._chosen = found

@@ -51,6 +51,7 @@ import attrs
 
 from gateway._errors import ConfigError
 from gateway.proxy._health import HealthBoard, HealthPolicy, Outcome, TargetHealth
+from gateway.proxy._router_paths import bracketed
 
 __all__ = [
     "DEFAULT_TARGET_PORT",
@@ -79,9 +80,7 @@ def _server_name(target: TargetAddress) -> str:
 
 
 def _host_values(target: TargetAddress) -> tuple[bytes, bytes]:
-    name = target.hostname
-    if ":" in name and not name.startswith("["):
-        name = f"[{name}]"
+    name = bracketed(target.hostname)
     port = target.port
     bare = name.encode("latin-1")
     with_port = f"{name}:{port}".encode("latin-1")

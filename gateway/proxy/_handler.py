@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -265,11 +265,26 @@ def _header(raw: HeaderList, name: bytes) -> bytes | None:
     return None
 
 
+# the end of a kong_log_format line: the gateway makes no request id (ProxyHandler._access_log)
+_NO_REQUEST_ID: Final = b' kong_request_id: "-"'
+
+
+def _body_bytes_sent(conn: ServerConnection) -> int:
+    """nginx's ``$body_bytes_sent``: what went out after the response head (0: none sent)."""
+    return max(conn.sent - conn.head_size, 0) if conn.status else 0
+
+
+def _without_port(host: str) -> str:
+    """A Host value without its ``:port`` (an IPv6 literal keeps its brackets)."""
+    if host and host[-1] != "]" and ":" in host:
+        return host.rpartition(":")[0]
+    return host
+
+
 def _server_name_of(host: str) -> str:
     """The TLS server name for a Host value: without its port or IPv6 brackets, as nginx's
     ``proxy_ssl_name`` (the name it sends and verifies). Empty for an empty Host."""
-    if host and host[-1] != "]" and ":" in host:
-        host = host.rpartition(":")[0]
+    host = _without_port(host)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host
@@ -441,12 +456,12 @@ class ProxyHandler:
             ex.forwarded_ip,
             f"{head.method} {head.target} HTTP/{head.version}".encode("latin-1", "replace"),
             status,
-            max(conn.sent - conn.head_size, 0) if status else 0,
+            _body_bytes_sent(conn),
             remote_user=basic_user(authorization) if authorization is not None else None,
             referer=referer,
             user_agent=user_agent,
         )
-        access_log.write(line + b' kong_request_id: "-"')
+        access_log.write(line + _NO_REQUEST_ID)
 
     def log_refused(self, conn: ServerConnection) -> None:
         """The access log line of a request the parser refused (no handler saw it): as
@@ -460,9 +475,9 @@ class ProxyHandler:
             conn.info.client_ip,
             b"",
             conn.status,
-            max(conn.sent - conn.head_size, 0) if conn.status else 0,
+            _body_bytes_sent(conn),
         )
-        access_log.write(line + b' kong_request_id: "-"')
+        access_log.write(line + _NO_REQUEST_ID)
 
     def _client_address(self, conn: ServerConnection, ex: _Exchange) -> None:
         ip = conn.info.client_ip
@@ -741,9 +756,7 @@ class ProxyHandler:
         # trust only decides whether the other X-Forwarded-* values are kept
         ip = info.client_ip_bytes
         forwarded_ip = ip if ex.forwarded_ip == ex.client_ip else ex.forwarded_ip.encode("latin-1")
-        host = head.host
-        if host and host[-1] != "]" and ":" in host:
-            host = host.rpartition(":")[0]
+        host = _without_port(head.host)
         out += [
             (b"x-real-ip", forwarded_ip),
             (b"x-forwarded-for", xff + b", " + ip if xff else ip),

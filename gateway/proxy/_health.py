@@ -49,6 +49,8 @@ import attrs
 import h11
 import trio
 
+from gateway.proxy._router_paths import bracketed
+
 if TYPE_CHECKING:
     from gateway.proxy._balancer import Balancer, Balancers, TargetAddress
 
@@ -398,8 +400,7 @@ async def _http_status(
 ) -> Outcome:
     # as lua-resty-healthcheck: the upstream's host_header, else the target's host, and no
     # port (the proxied requests' Host has one unless it is the scheme's default)
-    name = target.hostname
-    host = host_header or (f"[{name}]" if ":" in name and not name.startswith("[") else name)
+    host = host_header or bracketed(target.hostname)
     headers = [("Host", host), ("User-Agent", "trio-gateway health check")]
     headers.extend(check.headers)
     headers.append(("Connection", "close"))

@@ -11,6 +11,7 @@ from typing import Final
 from urllib.parse import unquote
 
 __all__ = [
+    "bracketed",
     "decoded_path",
     "join_upstream_path",
     "normalize_path",
@@ -125,6 +126,11 @@ def normalize_regex_path(pattern: str) -> str:
 # Host header values seen lately (a worker sees few distinct ones); bounded, emptied when full
 _SPLIT_CACHE: dict[str, tuple[str, int | None]] = {}
 _SPLIT_CACHE_SIZE = 1024
+
+
+def bracketed(name: str) -> str:
+    """A host name as a Host header holds it: an IPv6 literal in brackets."""
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
 
 
 def split_host_port(host: str) -> tuple[str, int | None]:

@@ -115,12 +115,16 @@ def apply_headers(
     NOTE: appending ``host`` sets it too; Kong fails the request there (500: its
     ``ngx.var.upstream_host`` cannot hold a list). Pinned by ``test_request_transformer_host``.
     """
+
+    def is_host(name: str) -> bool:  # the request's Host, which only replace may set
+        return request and name.lower() == "host"
+
     for name in conf["remove"]["headers"]:
-        if not (request and name.lower() == "host"):
+        if not is_host(name):
             headers.remove(name)
     for entry in conf["rename"]["headers"]:
         old, new = split_pair(entry)
-        if request and old.lower() == "host":
+        if is_host(old):
             continue
         values = headers.get_all(old)
         if values:
@@ -129,11 +133,11 @@ def apply_headers(
                 headers.add(new, v)
     for entry in conf["replace"]["headers"]:
         name, value = split_pair(entry)
-        if name in headers or (request and name.lower() == "host"):
+        if name in headers or is_host(name):
             headers.set(name, render(value, lookup))
     for entry in conf["add"]["headers"]:
         name, value = split_pair(entry)
-        if request and name.lower() == "host":
+        if is_host(name):
             continue
         if name not in headers:
             headers.set(name, render(value, lookup))
